@@ -1,0 +1,1 @@
+"""Pure calculation: datastore resources in, dataplane messages out."""

@@ -1,0 +1,1 @@
+"""The `meshcrypt` command line."""

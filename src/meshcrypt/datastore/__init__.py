@@ -1,0 +1,1 @@
+"""The etcd key layout, resource codecs, watcher, status publisher and IPAM claims."""

@@ -1,0 +1,1 @@
+"""Frozen values shared by every layer: keys, addresses, routes, rules, configuration, messages."""

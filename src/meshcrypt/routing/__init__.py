@@ -1,0 +1,1 @@
+"""Reconcilers for meshcrypt's policy routing table and its routing rule."""

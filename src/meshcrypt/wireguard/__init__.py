@@ -1,0 +1,1 @@
+"""The per-family WireGuard manager: node cache, peer planning and the apply phases."""

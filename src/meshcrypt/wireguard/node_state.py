@@ -1,0 +1,115 @@
+"""What one WireGuard manager knows about nodes: the applied cache and the pending deltas.
+
+Updates are recorded as pending deltas per node (`NodeUpdate`); `apply()` folds them into the cache
+(`NodeData`) in one go. A delta that is undone before the next apply (an endpoint changed and changed
+back, a CIDR added and removed) cancels out and causes no kernel work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshcrypt.model.keys import Key
+from meshcrypt.model.net import CIDR, IPAddress
+
+ZERO_KEY = Key.zero()
+
+
+@dataclass(slots=True)
+class NodeData:
+    """The applied view of one node (the local node included, which never has an endpoint or key)."""
+
+    endpoint: IPAddress | None = None
+    public_key: Key = ZERO_KEY
+    cidrs: set[CIDR] = field(default_factory=set)
+    programmed_key: Key | None = None  # the key this node is programmed under on the device
+    routing_to_wireguard: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        return self.endpoint is None and not self.cidrs and self.public_key.is_zero
+
+
+@dataclass(slots=True)
+class NodeUpdate:
+    """Pending changes for one node since the last apply."""
+
+    cidrs_added: set[CIDR] = field(default_factory=set)
+    cidrs_deleted: set[CIDR] = field(default_factory=set)
+    deleted: bool = False
+    endpoint: IPAddress | None = None  # None = no change
+    public_key: Key | None = None  # None = no change
+
+    @property
+    def is_empty(self) -> bool:
+        return (
+            not self.cidrs_added
+            and not self.cidrs_deleted
+            and not self.deleted
+            and self.endpoint is None
+            and self.public_key is None
+        )
+
+
+class NodeCache:
+    """The applied node cache, with the public-key index used to detect shared keys."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeData] = {}
+        self.key_owners: dict[Key, set[str]] = {}
+
+    def owners(self, key: Key) -> set[str]:
+        return self.key_owners.get(key, set())
+
+    def should_program(self, name: str) -> bool:
+        """A node is a WireGuard peer iff it has an endpoint and a key that no other node claims."""
+        node = self.nodes.get(name)
+        if node is None or node.endpoint is None or node.public_key.is_zero:
+            return False
+        return len(self.owners(node.public_key)) == 1
+
+    def fold(self, updates: dict[str, NodeUpdate]) -> tuple[set[str], set[CIDR], set[Key]]:
+        """Apply pending updates. Returns (changed nodes, deleted CIDRs, keys whose owners changed)."""
+        changed: set[str] = set()
+        deleted_cidrs: set[CIDR] = set()
+        keys_changed: set[Key] = set()
+        for name, update in updates.items():
+            if update.is_empty:
+                continue
+            node = self.nodes.setdefault(name, NodeData())
+            if update.deleted:
+                node.endpoint = None
+            elif update.endpoint is not None:
+                node.endpoint = update.endpoint
+            if update.public_key is not None and update.public_key != node.public_key:
+                self._reindex(name, node.public_key, update.public_key, keys_changed)
+                node.public_key = update.public_key
+            node.cidrs -= update.cidrs_deleted
+            node.cidrs |= update.cidrs_added
+            deleted_cidrs |= update.cidrs_deleted
+            changed.add(name)
+        return changed, deleted_cidrs, keys_changed
+
+    def _reindex(self, name: str, old: Key, new: Key, keys_changed: set[Key]) -> None:
+        if not old.is_zero:
+            owners = self.key_owners.get(old, set())
+            owners.discard(name)
+            if not owners:
+                self.key_owners.pop(old, None)
+            keys_changed.add(old)
+        if not new.is_zero:
+            self.key_owners.setdefault(new, set()).add(name)
+            keys_changed.add(new)
+
+    def prune(self, *, forget_programmed: bool = False) -> None:
+        """Forget nodes that have nothing left: no endpoint, CIDRs or key.
+
+        A node still programmed on the device is kept until its peer is removed, unless a full
+        resync is due anyway (`forget_programmed`), which removes peers nobody claims.
+        """
+        for name in [
+            n
+            for n, d in self.nodes.items()
+            if d.is_empty and (d.programmed_key is None or forget_programmed)
+        ]:
+            del self.nodes[name]
