@@ -60,7 +60,9 @@ class DeviceState:
         self.peers.pop(self.public_key, None)
 
 
-def apply_config(state: DeviceState, config: DeviceConfig, *, enforce_invariants: bool) -> DeviceState:
+def apply_config(
+    state: DeviceState, config: DeviceConfig, *, enforce_invariants: bool
+) -> DeviceState:
     """The device after `config`; `state` is left untouched. Raises before any change."""
     check_invariants(state, config, enforce=enforce_invariants)
     _validate_values(config)
@@ -136,9 +138,7 @@ def _apply_peer(state: DeviceState, config: PeerConfig, owners: dict[CIDR, Key])
         owner = owners.get(cidr)
         if owner is not None and owner != key:
             other = state.peers[owner]
-            state.peers[owner] = dataclasses.replace(
-                other, allowed_ips=other.allowed_ips - {cidr}
-            )
+            state.peers[owner] = dataclasses.replace(other, allowed_ips=other.allowed_ips - {cidr})
         owners[cidr] = key
         allowed.add(cidr)
     state.peers[key] = dataclasses.replace(

@@ -1,8 +1,8 @@
 """Felix configuration values that shape WireGuard (`reference-behavior.md` §3).
 
-`FelixConfig` holds every parameter with Calico's defaults. `WireguardFamilyConfig` is the per-family view
-one WireGuard manager works from. Parsing (environment, FelixConfiguration resources) lives in
-`meshcrypt.model.config_parse`.
+`FelixConfig` holds every parameter with Calico's defaults. `WireguardFamilyConfig` is the
+per-family view one WireGuard manager works from. Parsing (environment, FelixConfiguration
+resources) lives in `meshcrypt.model.config_parse`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from meshcrypt.model.net import IPFamily
 
 DEFAULT_MTU_IFACE_PATTERN = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)"
-# Felix reserves the lowest bits of the mark mask for its own iptables marks (accept, pass, scratch0,
-# scratch1); WireGuard takes the next free bit. With the default mask 0xffff0000 that is 0x100000.
+# Felix reserves the lowest bits of the mark mask for its own iptables marks (accept, pass,
+# scratch0, scratch1); WireGuard takes the next free bit. With the default mask 0xffff0000 that is
+# 0x100000.
 MARK_BITS_RESERVED_BEFORE_WIREGUARD = 4
 
 
@@ -79,12 +80,14 @@ class FelixConfig:
         return bits[MARK_BITS_RESERVED_BEFORE_WIREGUARD]
 
     def for_family(self, family: IPFamily, mtu: int | None = None) -> WireguardFamilyConfig:
-        """The manager's view for one family. `mtu` overrides the configured MTU (auto-detection)."""
+        """The manager's view of one family; `mtu` overrides the configured MTU (auto-detection)."""
         v4 = family is IPFamily.V4
         return WireguardFamilyConfig(
             family=family,
             enabled=self.wireguard_enabled if v4 else self.wireguard_enabled_v6,
-            interface_name=self.wireguard_interface_name if v4 else self.wireguard_interface_name_v6,
+            interface_name=(
+                self.wireguard_interface_name if v4 else self.wireguard_interface_name_v6
+            ),
             listening_port=(
                 self.wireguard_listening_port if v4 else self.wireguard_listening_port_v6
             ),

@@ -581,7 +581,7 @@ PARAMS: tuple[Param, ...] = (
 # A source that sets a parameter and its alias: the alias is applied first, so the primary wins.
 _APPLY_ORDER = tuple(sorted(PARAMS, key=lambda p: p.alias_of is None))
 _BY_NAME = {p.name.lower(): p for p in PARAMS}
-_BY_SPEC_NAME = {p.spec_name: p for p in PARAMS}
+_BY_FOLDED_SPEC_NAME = {p.spec_name.lower(): p for p in PARAMS}
 _BY_FIELD = {p.field: p for p in PARAMS if p.alias_of is None}
 
 
@@ -590,10 +590,7 @@ def find_param(name: str) -> Param | None:
     folded = name.lower()
     if folded.startswith(ENV_PREFIX.lower()):
         folded = folded[len(ENV_PREFIX) :]
-    found = _BY_NAME.get(folded) or _BY_FIELD.get(name)
-    if found is None:
-        found = next((p for p in PARAMS if p.spec_name.lower() == folded), None)
-    return found
+    return _BY_NAME.get(folded) or _BY_FOLDED_SPEC_NAME.get(folded) or _BY_FIELD.get(name)
 
 
 # --- the sources ---

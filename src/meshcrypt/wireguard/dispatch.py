@@ -93,7 +93,9 @@ class ManagerDispatch:
         try:
             key = Key.from_base64(key_text) if key_text else ZERO_KEY
         except KeyFormatError as exc:
-            log.warning("Invalid WireGuard public key of %s (%s); treating it as none", hostname, exc)
+            log.warning(
+                "Invalid WireGuard public key of %s (%s); treating it as none", hostname, exc
+            )
             key = ZERO_KEY
         addr = self._address(addr_text, f"WireGuard address of {hostname}") if addr_text else None
         self.manager.endpoint_wireguard_update(hostname, key, addr)
@@ -122,6 +124,3 @@ def dispatch_all(dispatchers: Iterable[ManagerDispatch], msg: DataplaneMessage) 
     """Deliver one message to every family's dispatcher."""
     for dispatcher in dispatchers:
         dispatcher.on_update(msg)
-
-
-

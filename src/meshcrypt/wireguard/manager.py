@@ -273,7 +273,9 @@ class WireguardManager:
 
     # -- intent: link state and resync --------------------------------------------------------
 
-    def on_iface_state_changed(self, name: str, ifindex: int, up: bool, present: bool = True) -> None:
+    def on_iface_state_changed(
+        self, name: str, ifindex: int, up: bool, present: bool = True
+    ) -> None:
         if name != self.config.interface_name:
             return
         if up and not self._iface_up:

@@ -1,0 +1,253 @@
+"""Start, adopt and stop wireguard-go, the userspace WireGuard used when the kernel has no module.
+
+wireguard-go must outlive the agent: its TUN device is not persistent, so when the process dies the
+interface and every route through it vanish, and a restarted agent would have to rebuild the dataplane
+and make every peer handshake again. So it runs in its own session (no signal sent to the agent's
+process group reaches it), in the foreground (``-f``: never let it daemonize, or we lose its PID), and
+its PID goes into a pid file that a restarted agent reads to adopt it.
+
+Which process serves a device is decided by its socket, not by the pid file alone: a PID can be reused
+after a crash, so `adopt` asks the socket (SO_PEERCRED) who answers and trusts that.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshcrypt.adapters.wireguard_uapi import DEFAULT_SOCKET_DIR, probe, socket_path
+from meshcrypt.model.errors import KernelError, NotSupported, kernel_error
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/run/meshcrypt"
+_POLL = 0.02
+# Environment variables that make wireguard-go use inherited descriptors instead of its own.
+_INHERITED_FD_VARS = ("WG_TUN_FD", "WG_UAPI_FD", "WG_PROCESS_FOREGROUND")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return stat.rpartition(")")[2].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process start time in clock ticks since boot (stat field 22): with the PID, an identity."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` is a running (not zombie) process. Reaps it first if it is our child."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: whoever its parent is reaps it
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+class WireguardGoSupervisor:
+    """Runs one wireguard-go process per interface.
+
+    `state_dir` holds ``wireguard-go.<iface>.pid`` and ``wireguard-go.<iface>.log`` (wireguard-go's
+    stdout and stderr; never our own). `socket_dir` is where the UAPI sockets appear as seen from this
+    process. `prefix_cmd` is put in front of the command, e.g. ``["nsenter", "-t", PID, "-m", "-n"]`` to
+    start it inside a simulated node; it must exec (not fork), so that the PID we get is wireguard-go's.
+    """
+
+    def __init__(
+        self,
+        state_dir: str = DEFAULT_STATE_DIR,
+        *,
+        socket_dir: str = DEFAULT_SOCKET_DIR,
+        prefix_cmd: Sequence[str] = (),
+        binary: str = "wireguard-go",
+        start_timeout: float = 5.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.socket_dir = socket_dir
+        self.prefix_cmd = tuple(prefix_cmd)
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def pid_file(self, iface: str) -> Path:
+        return self.state_dir / f"wireguard-go.{iface}.pid"
+
+    def log_file(self, iface: str) -> Path:
+        return self.state_dir / f"wireguard-go.{iface}.log"
+
+    # ----------------------------------------------------------------------------------------------
+
+    def ensure_running(self, iface: str, mtu: int) -> int:
+        """The PID of a wireguard-go serving `iface`, starting one if none answers.
+
+        `mtu` (0 = wireguard-go's default) is set on the interface only when this call starts the
+        process; an adopted device keeps its MTU and the netlink side reconciles it.
+        """
+        pid = self.adopt(iface)
+        if pid is not None:
+            return pid
+        stale = self._recorded_pid(iface)
+        if stale is not None:
+            # Alive but its socket does not answer: hung, or not wireguard-go any more. It may still
+            # hold the TUN name, so a new process could not create the device.
+            log.warning("%s: wireguard-go pid %d does not answer; replacing it", iface, stale)
+            self._terminate(iface, stale)
+        pid = self._start(iface)
+        if mtu > 0:
+            self._set_mtu(iface, mtu)
+        return pid
+
+    def adopt(self, iface: str) -> int | None:
+        """The PID of the live wireguard-go answering on `iface`'s socket (recorded), or None."""
+        pid = probe(socket_path(self.socket_dir, iface))
+        if pid is None or not pid_alive(pid):
+            return None
+        if self._recorded_pid(iface) != pid:
+            log.info("%s: adopting running wireguard-go pid %d", iface, pid)
+            self._record(iface, pid)
+        return pid
+
+    def is_alive(self, iface: str) -> bool:
+        """True when a wireguard-go process answers on `iface`'s socket."""
+        pid = probe(socket_path(self.socket_dir, iface))
+        return pid is not None and pid_alive(pid)
+
+    def stop(self, iface: str) -> None:
+        """Stop `iface`'s wireguard-go (SIGTERM, then SIGKILL); its TUN goes away with it."""
+        pid = probe(socket_path(self.socket_dir, iface))
+        if pid is None:
+            pid = self._recorded_pid(iface)
+        if pid is not None:
+            self._terminate(iface, pid)
+        self.pid_file(iface).unlink(missing_ok=True)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def _start(self, iface: str) -> int:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_FD_VARS}
+        env["LOG_LEVEL"] = "error"
+        cmd = [*self.prefix_cmd, self.binary, "-f", iface]
+        with open(self.log_file(iface), "ab") as logf:
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except FileNotFoundError as exc:
+                raise NotSupported(f"cannot run {cmd[0]}: not installed", errno.ENOENT) from exc
+        self._children[iface] = proc
+        log.info("%s: started wireguard-go pid %d", iface, proc.pid)
+        try:
+            self._wait_for_socket(iface, proc)
+        except BaseException:
+            self._terminate(iface, proc.pid)
+            raise
+        self._record(iface, proc.pid)
+        return proc.pid
+
+    def _wait_for_socket(self, iface: str, proc: subprocess.Popen[bytes]) -> None:
+        path = socket_path(self.socket_dir, iface)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                raise KernelError(
+                    f"{iface}: wireguard-go exited with status {rc} at start: {self._log_tail(iface)}",
+                    errno.EIO,
+                )
+            if probe(path, timeout=1.0) == proc.pid:
+                return
+            if time.monotonic() > deadline:
+                raise KernelError(
+                    f"{iface}: wireguard-go socket {path} did not answer within "
+                    f"{self.start_timeout:g} s: {self._log_tail(iface)}",
+                    errno.ETIMEDOUT,
+                )
+            time.sleep(_POLL)
+
+    def _set_mtu(self, iface: str, mtu: int) -> None:
+        cmd = [*self.prefix_cmd, "ip", "link", "set", "dev", iface, "mtu", str(mtu)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise kernel_error(
+                f"{iface}: setting mtu {mtu} failed: {res.stderr.strip()}", errno.EINVAL
+            )
+
+    def _terminate(self, iface: str, pid: int) -> None:
+        """SIGTERM, wait, SIGKILL, wait. wireguard-go closes its TUN and socket on SIGTERM."""
+        for sig, timeout in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 2.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            if self._wait_gone(iface, pid, timeout):
+                break
+            log.warning("%s: wireguard-go pid %d survived %s", iface, pid, sig.name)
+        else:
+            raise KernelError(f"{iface}: wireguard-go pid {pid} does not die", errno.EBUSY)
+        self._children.pop(iface, None)
+        log.info("%s: stopped wireguard-go pid %d", iface, pid)
+
+    def _wait_gone(self, iface: str, pid: int, timeout: float) -> bool:
+        child = self._children.get(iface)
+        if child is not None and child.pid == pid:
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL)
+        return True
+
+    def _record(self, iface: str, pid: int) -> None:
+        """Write ``PID STARTTIME``: the start time tells a reused PID from our process."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.pid_file(iface)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{pid} {start_time(pid) or 0}\n")
+        tmp.replace(path)
+
+    def _recorded_pid(self, iface: str) -> int | None:
+        """The recorded PID if that very process (same start time) is still alive, else None."""
+        try:
+            pid_text, _, started = self.pid_file(iface).read_text().strip().partition(" ")
+            pid, recorded_start = int(pid_text), int(started or "0")
+        except (FileNotFoundError, ValueError):
+            return None
+        if not pid_alive(pid) or start_time(pid) != recorded_start:
+            return None
+        return pid
+
+    def _log_tail(self, iface: str, limit: int = 400) -> str:
+        try:
+            data = self.log_file(iface).read_bytes()[-limit:]
+        except OSError:
+            return "(no log)"
+        text = " | ".join(line.strip() for line in data.decode(errors="replace").splitlines())
+        return text.strip() or "(empty log)"

@@ -1,0 +1,1 @@
+"""Integration tests: real network namespaces, wireguard-go and etcd (root only)."""
