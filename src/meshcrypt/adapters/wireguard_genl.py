@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
+from meshcrypt.adapters.netns import open_in_netns
 from meshcrypt.model.dataplane import Device, DeviceConfig, Endpoint, Peer, PeerConfig
 from meshcrypt.model.errors import KernelError, NotFound, NotSupported, kernel_error
 from meshcrypt.model.keys import KEY_LEN, Key, PrivateKey
@@ -603,47 +604,12 @@ def decode_error(msg: NetlinkMessage) -> tuple[int, str]:
 # --- the socket adapter -------------------------------------------------------------------------
 
 
-def _new_socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
-
-
-def _socket_in_netns(netns: str) -> socket.socket:
-    """Open a generic-netlink socket inside /run/netns/<netns>; the calling thread switches there and
-    back. A socket stays in the namespace it was created in, whichever thread later uses it."""
-    import ctypes
-    import os
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    clone_newnet = 0x40000000
-    path = f"/run/netns/{netns}"
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise kernel_error(f"network namespace {netns}", exc.errno or errno.ENOENT) from exc
-    try:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if libc.setns(target, clone_newnet) != 0:
-                err = ctypes.get_errno()
-                raise kernel_error(f"enter network namespace {netns}", err)
-            try:
-                return _new_socket()
-            finally:
-                if libc.setns(home, clone_newnet) != 0:
-                    # The thread would stay in the wrong namespace: nothing sane can continue.
-                    raise SystemExit(f"cannot return from network namespace {netns}")
-        finally:
-            os.close(home)
-    finally:
-        os.close(target)
-
-
 class GenlWireguard:
     """`ports.WireguardDevices` for the kernel module, over a generic-netlink socket.
 
     The family id is resolved on first use (and again after a failure), so the adapter can be built
-    before the module is loaded: creating the first WireGuard link loads it. Not thread-safe in the
-    sense of concurrent calls interleaving on the socket; a lock serialises them.
+    before the module is loaded: creating the first WireGuard link loads it, and so does the family
+    lookup itself when the caller may load modules. Calls are serialised by a lock.
     """
 
     def __init__(
@@ -652,10 +618,15 @@ class GenlWireguard:
         timeout: float = 10.0,
         max_message_size: int = MAX_MESSAGE_SIZE,
     ) -> None:
-        self._netns = netns
+        self._where = f" in netns {netns}" if netns else ""
         self._max_message_size = max_message_size
         try:
-            sock = _new_socket() if netns is None else _socket_in_netns(netns)
+            if netns is None:
+                sock = socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
+                )
+            else:
+                sock = open_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         except OSError as exc:
             raise kernel_error("open generic netlink socket", exc.errno or errno.EIO) from exc
         try:
@@ -679,7 +650,9 @@ class GenlWireguard:
             family = self._family_id()
             for attempt in range(1, _DUMP_ATTEMPTS + 1):
                 seq = self._send(family, NLM_F_REQUEST | NLM_F_DUMP, get_device_payload(name))
-                messages, interrupted = self._read_dump(seq, f"read WireGuard device {name}")
+                messages, interrupted = self._read_dump(
+                    seq, f"read WireGuard device {name}{self._where}"
+                )
                 if not interrupted:
                     device = merge_dump(name, [decode_device(m.payload) for m in messages])
                     log.debug(
@@ -692,7 +665,9 @@ class GenlWireguard:
                 log.debug(
                     "dump of %s changed while read (attempt %d), reading again", name, attempt
                 )
-            raise KernelError(f"read WireGuard device {name}: dump kept changing", errno.EINTR)
+            raise KernelError(
+                f"read WireGuard device {name}{self._where}: dump kept changing", errno.EINTR
+            )
 
     def configure(self, name: str, config: DeviceConfig) -> None:
         payloads = set_device_payloads(name, config, self._max_message_size)
@@ -702,7 +677,9 @@ class GenlWireguard:
             for index, payload in enumerate(payloads):
                 seq = self._send(family, NLM_F_REQUEST | NLM_F_ACK, payload)
                 self._read_ack(
-                    seq, f"configure WireGuard device {name} (message {index + 1}/{len(payloads)})"
+                    seq,
+                    f"configure WireGuard device {name}{self._where}"
+                    f" (message {index + 1}/{len(payloads)})",
                 )
         log.debug(
             "configured device %s: %d peer changes in %d messages, %.1f ms",

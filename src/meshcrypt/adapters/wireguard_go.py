@@ -30,6 +30,7 @@ DEFAULT_STATE_DIR = "/run/meshcrypt"
 _POLL = 0.02
 # Environment variables that make wireguard-go use inherited descriptors instead of its own.
 _INHERITED_FD_VARS = ("WG_TUN_FD", "WG_UAPI_FD", "WG_PROCESS_FOREGROUND")
+_BANNER_CHARS = "│┌└"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -244,10 +245,16 @@ class WireguardGoSupervisor:
             return None
         return pid
 
-    def _log_tail(self, iface: str, limit: int = 400) -> str:
+    def _log_tail(self, iface: str, limit: int = 2000) -> str:
+        """The last lines wireguard-go wrote, for error messages (it never logs keys)."""
         try:
             data = self.log_file(iface).read_bytes()[-limit:]
         except OSError:
             return "(no log)"
-        text = " | ".join(line.strip() for line in data.decode(errors="replace").splitlines())
-        return text.strip() or "(empty log)"
+        # Skip the boxed "kernel has first class support" banner wireguard-go prints at every start.
+        lines = [
+            line.strip()
+            for line in data.decode(errors="replace").splitlines()
+            if line.strip() and not any(c in line for c in _BANNER_CHARS)
+        ]
+        return " | ".join(lines[-3:]) or "(empty log)"

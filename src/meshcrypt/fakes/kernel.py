@@ -526,7 +526,7 @@ class FakeKernel:
         self._bump("route_add" if old is None else "route_update")
 
     def _find_route_key(self, route: Route) -> RouteKey | None:
-        if route.metric != 0:
+        if route.key in self._routes or route.metric != 0:
             return route.key if route.key in self._routes else None
         # Metric 0 on delete matches any metric (the lowest first), in both families.
         same_dst = [k for k in self._routes if k.table == route.table and k.dst == route.dst]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -31,11 +32,11 @@ class Key:
             raise KeyFormatError(f"a WireGuard key has {KEY_LEN} bytes, got {len(self.raw)}")
 
     @classmethod
-    def zero(cls) -> Key:
+    def zero(cls) -> Self:
         return cls(bytes(KEY_LEN))
 
     @classmethod
-    def from_base64(cls, text: str) -> Key:
+    def from_base64(cls, text: str) -> Self:
         try:
             raw = base64.b64decode(text.strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -43,7 +44,7 @@ class Key:
         return cls(raw)
 
     @classmethod
-    def from_hex(cls, text: str) -> Key:
+    def from_hex(cls, text: str) -> Self:
         try:
             raw = bytes.fromhex(text.strip())
         except ValueError as exc:

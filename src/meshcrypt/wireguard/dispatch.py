@@ -11,7 +11,6 @@ raises. Two deliberate differences from Felix, both for the operator's benefit:
 
 from __future__ import annotations
 
-
 import logging
 from collections.abc import Iterable
 
@@ -82,9 +81,9 @@ class ManagerDispatch:
         if cidr is None:
             return
         types = msg.types
-        if types & RouteType.REMOTE_HOST and self.manager.config.host_encryption:
-            self.manager.route_update(msg.dst_node_name, cidr)
-        elif types & (WORKLOAD | TUNNEL):
+        if (types & RouteType.REMOTE_HOST and self.manager.config.host_encryption) or types & (
+            WORKLOAD | TUNNEL
+        ):
             self.manager.route_update(msg.dst_node_name, cidr)
         else:
             self.manager.route_remove(cidr)

@@ -11,7 +11,6 @@ from meshcrypt.model.keys import Key, PrivateKey
 from meshcrypt.model.net import IPFamily
 from tests.unit.wireguard.harness import FWMARK, MTU, PORTS, TABLE, Harness
 
-
 # §5.1 ------------------------------------------------------------------------------------------
 
 
@@ -247,4 +246,3 @@ def test_other_addresses_removed_link_local_kept(h: Harness) -> None:
     assert h.ip("1.2.3.4") in addrs
     if h.family is IPFamily.V6:
         assert len(addrs) == 2  # the link-local address is not ours to remove
-

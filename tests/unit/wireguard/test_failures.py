@@ -9,8 +9,8 @@ import pytest
 from meshcrypt.fakes import FakeKernel, Op
 from meshcrypt.model.dataplane import Endpoint, Peer, RouteKind, Rule
 from meshcrypt.model.errors import MeshcryptError, NotSupported, WaitingForLink
-from meshcrypt.model.net import IPFamily
 from meshcrypt.model.keys import Key
+from meshcrypt.model.net import IPFamily
 from tests.unit.wireguard.harness import FWMARK, MTU, TABLE, Harness, key
 
 NOT_SUPPORTED = NotSupported("operation not supported", errno.EOPNOTSUPP)
@@ -262,10 +262,12 @@ def test_resync_removes_foreign_routes_in_our_table_only(h: Harness) -> None:
     from meshcrypt.model.dataplane import Route
 
     h.start()
-    foreign_throw = Route(TABLE, h.cidr("10.77.0.0/16"), RouteKind.THROW, None, 3,
-                          h.family.default_route_metric)
-    other_table = Route(TABLE + 1, h.cidr("10.78.0.0/16"), RouteKind.THROW, None, 3,
-                        h.family.default_route_metric)
+    foreign_throw = Route(
+        TABLE, h.cidr("10.77.0.0/16"), RouteKind.THROW, None, 3, h.family.default_route_metric
+    )
+    other_table = Route(
+        TABLE + 1, h.cidr("10.78.0.0/16"), RouteKind.THROW, None, 3, h.family.default_route_metric
+    )
     h.kernel.put_route(foreign_throw)
     h.kernel.put_route(other_table)
     h.manager.queue_resync()

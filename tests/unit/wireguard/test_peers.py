@@ -457,4 +457,3 @@ def test_keyless_peer_gets_key(dst: Destinations) -> None:  # 52
     d = dst.diff()
     assert (d.route_update, d.route_delete) == (1, 0)
     assert h.route_kinds()[c["cidr4"]] is DEVICE
-
