@@ -80,10 +80,8 @@ class ManagerDispatch:
         cidr = self._cidr(msg.dst)
         if cidr is None:
             return
-        types = msg.types
-        if (types & RouteType.REMOTE_HOST and self.manager.config.host_encryption) or types & (
-            WORKLOAD | TUNNEL
-        ):
+        host_route = bool(msg.types & RouteType.REMOTE_HOST) and self.manager.config.host_encryption
+        if host_route or msg.types & (WORKLOAD | TUNNEL):
             self.manager.route_update(msg.dst_node_name, cidr)
         else:
             self.manager.route_remove(cidr)

@@ -1,0 +1,82 @@
+"""Fixtures for tests that run inside a virtme-ng VM whose kernel has the WireGuard module.
+
+The tests in this directory come in two kinds:
+
+* in-VM tests request `vm_kernel` (directly or through `wg_pair`). On the host they are skipped; in
+  the VM (`scripts/vm-run` sets MESHCRYPT_IN_VM=1) anything missing is a failure, not a skip.
+* `test_vm_suite.py` is the launcher: on the host it boots one VM and runs every test of this
+  directory inside it, so a plain `pytest` (or `./dev test`) covers them with a single boot.
+
+A new kernel-level test only has to live here and request `vm_kernel` or `wg_pair`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+IN_VM = os.environ.get("MESHCRYPT_IN_VM") == "1"
+WG_IFACE = "wireguard.cali"
+VM_TOOLS = ("ip", "wg", "ping", "modprobe")
+
+
+def run(*cmd: str) -> str:
+    """Run a command, fail the test with its output when it fails, return its stdout."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def vm_kernel() -> None:
+    """Inside the VM: the WireGuard module is loaded. On the host: skip."""
+    if not IN_VM:
+        pytest.skip("runs inside a VM: scripts/vm-run --pytest tests/vm")
+    missing = [tool for tool in VM_TOOLS if shutil.which(tool) is None]
+    assert not missing, f"missing in the VM: {missing}"
+    assert os.geteuid() == 0, "the VM runs tests as root"
+    run("modprobe", "wireguard")
+
+
+@dataclass(frozen=True)
+class VmNode:
+    """A network namespace joined to its twin by a veth, with a kernel WireGuard link made by the test."""
+
+    netns: str
+    underlay: ipaddress.IPv4Address
+    tunnel: ipaddress.IPv4Address
+
+    def run(self, *cmd: str) -> str:
+        return run("ip", "netns", "exec", self.netns, *cmd)
+
+
+@pytest.fixture
+def ns_pair(vm_kernel: None) -> Iterator[tuple[VmNode, VmNode]]:
+    """Two namespaces joined by a veth (192.0.2.1/24 ↔ 192.0.2.2/24), removed at teardown."""
+    tag = os.getpid()
+    nodes = (
+        VmNode(f"mcvm{tag}-a", ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv4Address("198.51.100.1")),
+        VmNode(f"mcvm{tag}-b", ipaddress.IPv4Address("192.0.2.2"), ipaddress.IPv4Address("198.51.100.2")),
+    )
+    made: list[str] = []
+    try:
+        for node in nodes:
+            run("ip", "netns", "add", node.netns)
+            made.append(node.netns)
+        a, b = nodes
+        run("ip", "link", "add", "eth0", "netns", a.netns, "type", "veth", "peer", "eth0", "netns", b.netns)
+        for node in nodes:
+            node.run("ip", "link", "set", "lo", "up")
+            node.run("ip", "addr", "add", f"{node.underlay}/24", "dev", "eth0")
+            node.run("ip", "link", "set", "eth0", "up")
+        yield nodes
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], check=False)
