@@ -7,8 +7,9 @@ stateful in-memory fakes in `meshcrypt.fakes`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+import enum
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from meshcrypt.model.dataplane import Device, DeviceConfig, InterfaceAddress, Link, Route, Rule
 from meshcrypt.model.net import IPFamily
@@ -84,6 +85,53 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def wall(self) -> float: ...
+
+
+class KeyValue(NamedTuple):
+    """One etcd key with its value and revisions."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+class EventKind(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+class WatchEvent(NamedTuple):
+    kind: EventKind
+    key: str
+    value: bytes  # empty for DELETE
+    mod_revision: int
+
+
+class Datastore(Protocol):
+    """An etcd v3 key-value store (asyncio). Errors: `DatastoreUnavailable`, `RevisionCompacted`."""
+
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix` and the store revision the listing was taken at."""
+        ...
+
+    def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events from `start_revision` on, in revision order, until cancelled or the link breaks."""
+        ...
+
+    async def txn(
+        self,
+        expect: Mapping[str, int],
+        puts: Mapping[str, bytes],
+        deletes: Sequence[str] = (),
+    ) -> bool:
+        """Atomically: if every key in `expect` has that mod_revision (0 = must not exist), apply
+        the puts and deletes and return True; otherwise change nothing and return False."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 NetlinkFactory = Callable[[], Netlink]

@@ -70,11 +70,30 @@ def start_wireguard_go(sim: SimNode, state_dir: Path, iface: str = WG_IFACE) -> 
     return WireguardGoNode(sim, iface, sup, UapiWireguardDevices(sim.socket_dir, timeout=60), pid)
 
 
+WireguardGoFactory = Callable[[SimNode], WireguardGoNode]
+
+
 @pytest.fixture
-def wireguard_go_node(node: NodeFactory, tmp_path: Path) -> Iterator[WireguardGoNode]:
-    """One node running wireguard-go as ``wireguard.cali``."""
+def wireguard_go(tmp_path: Path) -> Iterator[WireguardGoFactory]:
+    """Factory: ``wireguard_go(node)`` starts wireguard-go as ``wireguard.cali`` in that node.
+
+    Each gets its own state directory; all are stopped at teardown (before their nodes go).
+    """
     _require("wireguard-go", "wg")
-    wg = start_wireguard_go(node("wg"), tmp_path / "state")
-    yield wg
-    wg.devices.close()
-    wg.supervisor.stop(wg.iface)
+    started: list[WireguardGoNode] = []
+
+    def start(sim: SimNode) -> WireguardGoNode:
+        wg = start_wireguard_go(sim, tmp_path / f"state-{sim.name}")
+        started.append(wg)
+        return wg
+
+    yield start
+    for wg in reversed(started):
+        wg.devices.close()
+        wg.supervisor.stop(wg.iface)
+
+
+@pytest.fixture
+def wireguard_go_node(node: NodeFactory, wireguard_go: WireguardGoFactory) -> WireguardGoNode:
+    """One node running wireguard-go as ``wireguard.cali``."""
+    return wireguard_go(node("wg"))

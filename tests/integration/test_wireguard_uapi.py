@@ -5,7 +5,6 @@ Run with ``-s`` to see the 5,000-peer timings.
 
 from __future__ import annotations
 
-import base64
 import errno
 import ipaddress
 import logging
@@ -24,7 +23,6 @@ from meshcrypt.adapters.wireguard_uapi import (
 from meshcrypt.model.dataplane import Device, DeviceConfig, Endpoint, PeerConfig
 from meshcrypt.model.errors import KernelError, NotFound
 from meshcrypt.model.keys import Key, PrivateKey
-from tests.integration.conftest import WireguardGoNode, start_wireguard_go
 
 integration = pytest.mark.integration
 
@@ -101,9 +99,12 @@ def test_encode_orders_device_keys_first_and_peer_flags_right_after_the_key() ->
 
 def test_encode_of_nothing_but_settings_and_zero_values() -> None:
     cfg = DeviceConfig(fwmark=0, peers=(PeerConfig(_pub(1), persistent_keepalive=0),))
-    assert encode_set(cfg) == (
-        f"set=1\nfwmark=0\npublic_key={_pub(1).to_hex()}\npersistent_keepalive_interval=0\n\n"
-    ).encode()
+    assert (
+        encode_set(cfg)
+        == (
+            f"set=1\nfwmark=0\npublic_key={_pub(1).to_hex()}\npersistent_keepalive_interval=0\n\n"
+        ).encode()
+    )
 
 
 def test_encode_5000_peers_is_fast() -> None:
@@ -188,7 +189,7 @@ def test_an_empty_configuration_sends_nothing(tmp_path: Path) -> None:
 # ---- against wireguard-go ----------------------------------------------------------------------
 
 
-def _dump(wg: WireguardGoNode) -> tuple[list[str], dict[str, list[str]]]:
+def _dump(wg) -> tuple[list[str], dict[str, list[str]]]:
     """`wg show <if> dump` inside the node: the device line and peer lines by base64 key."""
     lines = wg.node.run("wg", "show", wg.iface, "dump").strip().split("\n")
     device = lines[0].split("\t")
@@ -197,7 +198,7 @@ def _dump(wg: WireguardGoNode) -> tuple[list[str], dict[str, list[str]]]:
 
 
 @integration
-def test_a_fresh_device_has_no_key_no_mark_and_no_peers(wireguard_go_node: WireguardGoNode) -> None:
+def test_a_fresh_device_has_no_key_no_mark_and_no_peers(wireguard_go_node) -> None:
     dev = wireguard_go_node.devices.device(wireguard_go_node.iface)
     assert dev == Device(
         name="wireguard.cali",
@@ -210,7 +211,7 @@ def test_a_fresh_device_has_no_key_no_mark_and_no_peers(wireguard_go_node: Wireg
 
 
 @integration
-def test_device_settings_round_trip(wireguard_go_node: WireguardGoNode) -> None:
+def test_device_settings_round_trip(wireguard_go_node) -> None:
     wg, name = wireguard_go_node.devices, wireguard_go_node.iface
     private = PrivateKey(b"\xa0" * 32)  # not clamped; wireguard-go stores a0..a0 as a0..60
     wg.configure(name, DeviceConfig(private_key=private, listen_port=51820, fwmark=0x100000))
@@ -232,7 +233,7 @@ def test_device_settings_round_trip(wireguard_go_node: WireguardGoNode) -> None:
 
 @integration
 def test_peers_in_one_call_update_only_replace_and_remove(
-    wireguard_go_node: WireguardGoNode,
+    wireguard_go_node,
 ) -> None:
     wg, name = wireguard_go_node.devices, wireguard_go_node.iface
     k1, k2, k3, k4 = _pub(1), _pub(2), _pub(3), _pub(4)
@@ -242,7 +243,9 @@ def test_peers_in_one_call_update_only_replace_and_remove(
         name,
         DeviceConfig(
             peers=(
-                PeerConfig(k1, endpoint=e1, persistent_keepalive=25, allowed_ips=(V4("10.1.0.0/24"),)),
+                PeerConfig(
+                    k1, endpoint=e1, persistent_keepalive=25, allowed_ips=(V4("10.1.0.0/24"),)
+                ),
                 PeerConfig(k2, endpoint=e2, allowed_ips=(V4("10.2.0.0/24"), V4("fd00:2::/64"))),
                 PeerConfig(k3, allowed_ips=(V4("10.3.0.1/32"),)),
             )
@@ -306,7 +309,7 @@ def test_peers_in_one_call_update_only_replace_and_remove(
 
 @integration
 def test_a_rejected_line_is_a_kernel_error_and_earlier_lines_stay_applied(
-    wireguard_go_node: WireguardGoNode, caplog: pytest.LogCaptureFixture
+    wireguard_go_node, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="meshcrypt")
     wg, name = wireguard_go_node.devices, wireguard_go_node.iface
@@ -343,7 +346,7 @@ def test_a_rejected_line_is_a_kernel_error_and_earlier_lines_stay_applied(
 
 @integration
 def test_an_error_early_in_a_large_set_still_reports_its_errno(
-    wireguard_go_node: WireguardGoNode,
+    wireguard_go_node,
 ) -> None:
     # wireguard-go stops reading at the bad line and closes the connection while a large request is
     # still being sent; the client must read the errno it wrote instead of calling it a lost connection.
@@ -357,7 +360,7 @@ def test_an_error_early_in_a_large_set_still_reports_its_errno(
 
 
 @integration
-def test_missing_device_in_a_node_is_not_found(wireguard_go_node: WireguardGoNode) -> None:
+def test_missing_device_in_a_node_is_not_found(wireguard_go_node) -> None:
     with pytest.raises(NotFound):
         wireguard_go_node.devices.device("wg-missing")
     with pytest.raises(NotFound):
@@ -366,7 +369,7 @@ def test_missing_device_in_a_node_is_not_found(wireguard_go_node: WireguardGoNod
 
 @integration
 def test_the_client_reconnects_once_after_wireguard_go_restarts(
-    wireguard_go_node: WireguardGoNode,
+    wireguard_go_node,
 ) -> None:
     wg, name, sup = wireguard_go_node.devices, wireguard_go_node.iface, wireguard_go_node.supervisor
     wg.configure(name, DeviceConfig(listen_port=51901, peers=(PeerConfig(_pub(1)),)))
@@ -380,16 +383,17 @@ def test_the_client_reconnects_once_after_wireguard_go_restarts(
     dev = wg.device(name)
     assert (dev.listen_port, dev.peers) == (51902, {})
 
-    # And a kept connection that wireguard-go closed under us (restart between two calls).
+    # A kept connection that wireguard-go closed under us (it restarted between two calls): the
+    # client reconnects once, transparently, and sees the new process's empty device.
+    wg.configure(name, DeviceConfig(peers=(PeerConfig(_pub(2)),)))
     old_pid = sup.adopt(name)
     sup.stop(name)
-    new_pid = sup.ensure_running(name, mtu=0)
-    assert new_pid != old_pid
-    assert wg.device(name).listen_port != 51902
+    assert sup.ensure_running(name, mtu=0) != old_pid
+    assert wg.device(name).peers == {}
 
 
 @integration
-def test_5000_peers_round_trip(wireguard_go_node: WireguardGoNode) -> None:
+def test_5000_peers_round_trip(wireguard_go_node) -> None:
     wg, name = wireguard_go_node.devices, wireguard_go_node.iface
     cfg = _bulk_config(5000)
     wg.configure(name, DeviceConfig(private_key=PrivateKey.generate()))
@@ -425,34 +429,3 @@ def test_5000_peers_round_trip(wireguard_go_node: WireguardGoNode) -> None:
         f"re-apply same {_median(configure_same) * 1000:.0f} ms, "
         f"device() {_median(read) * 1000:.0f} ms"
     )
-
-
-@integration
-def test_two_nodes_with_the_same_interface_name_are_separate(
-    node: object, tmp_path: Path
-) -> None:
-    from tests.integration.conftest import NodeFactory
-
-    make: NodeFactory = node  # type: ignore[assignment]
-    a = start_wireguard_go(make("a"), tmp_path / "a")
-    b = start_wireguard_go(make("b"), tmp_path / "b")
-    try:
-        assert a.pid != b.pid
-        ka, kb = PrivateKey.generate(), PrivateKey.generate()
-        a.devices.configure(a.iface, DeviceConfig(private_key=ka, listen_port=51820))
-        b.devices.configure(b.iface, DeviceConfig(private_key=kb, listen_port=51820))
-        assert a.devices.device(a.iface).public_key == ka.public_key()
-        assert b.devices.device(b.iface).public_key == kb.public_key()
-        assert a.node.run("wg", "show", a.iface, "public-key").strip() == ka.public_key().to_base64()
-        assert b.node.run("wg", "show", b.iface, "public-key").strip() == kb.public_key().to_base64()
-        assert not os.path.exists("/run/wireguard/wireguard.cali.sock")
-    finally:
-        for wg in (a, b):
-            wg.devices.close()
-            wg.supervisor.stop(wg.iface)
-
-
-def test_keys_round_trip_through_base64() -> None:
-    # The dump cross-checks above compare base64 text; make sure both forms name the same key.
-    key = _pub(7)
-    assert Key.from_base64(base64.b64encode(key.raw).decode()) == key

@@ -17,21 +17,10 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-IN_VM = os.environ.get("MESHCRYPT_IN_VM") == "1"
-WG_IFACE = "wireguard.cali"
-VM_TOOLS = ("ip", "wg", "ping", "modprobe")
-
-
-def run(*cmd: str) -> str:
-    """Run a command, fail the test with its output when it fails, return its stdout."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
+from .vmnodes import IN_VM, VM_TOOLS, VmNode, run
 
 
 @pytest.fixture(scope="session")
@@ -45,25 +34,21 @@ def vm_kernel() -> None:
     run("modprobe", "wireguard")
 
 
-@dataclass(frozen=True)
-class VmNode:
-    """A network namespace joined to its twin by a veth, with a kernel WireGuard link made by the test."""
-
-    netns: str
-    underlay: ipaddress.IPv4Address
-    tunnel: ipaddress.IPv4Address
-
-    def run(self, *cmd: str) -> str:
-        return run("ip", "netns", "exec", self.netns, *cmd)
-
-
 @pytest.fixture
 def ns_pair(vm_kernel: None) -> Iterator[tuple[VmNode, VmNode]]:
     """Two namespaces joined by a veth (192.0.2.1/24 ↔ 192.0.2.2/24), removed at teardown."""
     tag = os.getpid()
     nodes = (
-        VmNode(f"mcvm{tag}-a", ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv4Address("198.51.100.1")),
-        VmNode(f"mcvm{tag}-b", ipaddress.IPv4Address("192.0.2.2"), ipaddress.IPv4Address("198.51.100.2")),
+        VmNode(
+            f"mcvm{tag}-a",
+            ipaddress.IPv4Address("192.0.2.1"),
+            ipaddress.IPv4Address("198.51.100.1"),
+        ),
+        VmNode(
+            f"mcvm{tag}-b",
+            ipaddress.IPv4Address("192.0.2.2"),
+            ipaddress.IPv4Address("198.51.100.2"),
+        ),
     )
     made: list[str] = []
     try:
@@ -71,7 +56,20 @@ def ns_pair(vm_kernel: None) -> Iterator[tuple[VmNode, VmNode]]:
             run("ip", "netns", "add", node.netns)
             made.append(node.netns)
         a, b = nodes
-        run("ip", "link", "add", "eth0", "netns", a.netns, "type", "veth", "peer", "eth0", "netns", b.netns)
+        run(
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            a.netns,
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            b.netns,
+        )
         for node in nodes:
             node.run("ip", "link", "set", "lo", "up")
             node.run("ip", "addr", "add", f"{node.underlay}/24", "dev", "eth0")

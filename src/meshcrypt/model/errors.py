@@ -10,7 +10,9 @@
     │   │   ├── NotFound             ENOENT, ENODEV, ESRCH: the object is not there
     │   │   ├── AlreadyExists        EEXIST
     │   │   └── NotSupported         EOPNOTSUPP and friends: becomes a "not supported" state
-    │   └── StatusPublishError       publishing our public key failed
+    │   ├── StatusPublishError       publishing our public key failed
+    │   ├── DatastoreUnavailable     no etcd endpoint answers (the agent keeps the dataplane as is)
+    │   └── RevisionCompacted        a watch asked for history etcd no longer has: re-list
     └── PermanentError               retrying cannot help
         └── ConfigError              a configuration value is invalid (names the parameter)
 
@@ -48,6 +50,18 @@ class UpdateFailed(RetryableError):
 
 class StatusPublishError(RetryableError):
     """The public key could not be published."""
+
+
+class DatastoreUnavailable(RetryableError):
+    """No datastore endpoint answered."""
+
+
+class RevisionCompacted(RetryableError):
+    """The requested revision was compacted; the caller must list again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
 
 
 class KernelError(RetryableError):
