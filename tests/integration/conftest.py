@@ -50,7 +50,7 @@ def node() -> Iterator[NodeFactory]:
         n.destroy()
 
 
-@dataclass
+@dataclass(eq=False)
 class WireguardGoNode:
     """A node running wireguard-go for `iface`, and the adapters that drive it from the host."""
 

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import secrets
 import select
 import statistics
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from meshcrypt.adapters import netlink as netlink_module
 from meshcrypt.adapters.netlink import LinkEvent, LinkMonitor, RtNetlink
 from meshcrypt.adapters.netns import entered_netns, open_in_netns
 from meshcrypt.model.dataplane import InterfaceAddress, Link, Route, RouteKind, Rule
@@ -223,6 +225,19 @@ def test_link_whose_peer_is_down_is_admin_up_but_not_oper_up(veth: Veth, nl: RtN
 
 def test_link_by_name_of_a_missing_link_is_none(nl: RtNetlink) -> None:
     assert nl.link_by_name("nothere0") is None
+    assert nl.link_by_name("x" * 16) is None  # longer than any link name can be
+    assert nl.link_by_name("") is None
+
+
+def test_a_reply_that_never_comes_times_out(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netlink_module, "REPLY_TIMEOUT_S", 1)
+    with RtNetlink(netns) as nl:
+        start = time.monotonic()
+        with pytest.raises(KernelError) as failed:
+            nl._recv("wait for nothing")
+        assert failed.value.errno == errno.ETIMEDOUT
+        assert 0.5 < time.monotonic() - start < 5
+        assert nl.link_by_name("lo") is not None  # still usable
 
 
 def test_link_set_mtu_and_up(netns: str, nl: RtNetlink) -> None:
@@ -376,7 +391,7 @@ def test_delete_of_a_missing_route_is_quiet(veth: Veth, nl: RtNetlink, case: Fam
 def test_device_route_through_a_down_link_fails(veth: Veth, nl: RtNetlink) -> None:
     ip("-n", veth.netns, "link", "set", veth.name, "down")
     route = Route(TABLE, ipaddress.ip_network("10.7.0.0/24"), RouteKind.DEVICE, veth.index, 80, 0)
-    with pytest.raises(KernelError, match="10.7.0.0/24") as failed:
+    with pytest.raises(KernelError, match=re.escape("10.7.0.0/24")) as failed:
         nl.routes_replace([route])
     assert failed.value.errno == errno.ENETDOWN
 
@@ -406,7 +421,7 @@ def test_failed_batch_names_the_route_and_leaves_the_socket_usable(veth: Veth, n
     bad = Route(TABLE, ipaddress.ip_network("10.200.0.0/24"), RouteKind.DEVICE, 9999, PROTO, 0)
     batch = [*routes[:15], bad, *routes[15:]]
     with RtNetlink(netns, window=10) as nl:
-        with pytest.raises(NotFound, match="10.200.0.0/24") as failed:
+        with pytest.raises(NotFound, match=re.escape("10.200.0.0/24")) as failed:
             nl.routes_replace(batch)
         assert failed.value.errno == errno.ENODEV
         # Windows 1 and 2 (which held the bad route) were applied; window 3 onwards was not sent.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from meshcrypt.adapters.nodens import veth_pair
 from meshcrypt.adapters.wireguard_uapi import (
     UapiWireguardDevices,
     encode_set,
@@ -179,6 +180,14 @@ def test_missing_and_stale_sockets_are_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound) as info:
         client.device("stale")
     assert info.value.errno == errno.ECONNREFUSED
+    # A name that is no interface name never becomes a path outside the socket directory.
+    (tmp_path / "sub" / "y").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "sub" / "x.sock"))
+        listener.listen()
+        with pytest.raises(NotFound) as info:
+            UapiWireguardDevices(str(tmp_path / "sub" / "y"), timeout=0.5).device("../x")
+        assert info.value.errno == errno.ENODEV
 
 
 def test_an_empty_configuration_sends_nothing(tmp_path: Path) -> None:
@@ -429,3 +438,38 @@ def test_5000_peers_round_trip(wireguard_go_node) -> None:
         f"re-apply same {_median(configure_same) * 1000:.0f} ms, "
         f"device() {_median(read) * 1000:.0f} ms"
     )
+
+
+@integration
+def test_handshake_time_and_counters_after_traffic_through_the_tunnel(node, wireguard_go) -> None:
+    a, b = wireguard_go(node("a")), wireguard_go(node("b"))
+    veth_pair(a.node, b.node, "10.99.0.1/24", "10.99.0.2/24")
+    keys = {a: PrivateKey.generate(), b: PrivateKey.generate()}
+    tunnel = {a: "192.168.222.1", b: "192.168.222.2"}
+    underlay = {a: "10.99.0.1", b: "10.99.0.2"}
+    for me, other in ((a, b), (b, a)):
+        me.devices.configure(
+            me.iface,
+            DeviceConfig(
+                private_key=keys[me],
+                listen_port=51820,
+                peers=(
+                    PeerConfig(
+                        keys[other].public_key(),
+                        endpoint=Endpoint(IP(underlay[other]), 51820),
+                        allowed_ips=(V4(f"{tunnel[other]}/32"),),
+                    ),
+                ),
+            ),
+        )
+        me.node.run("ip", "addr", "add", f"{tunnel[me]}/32", "dev", me.iface)
+        me.node.run("ip", "link", "set", me.iface, "up")
+        me.node.run("ip", "route", "add", f"{tunnel[other]}/32", "dev", me.iface)
+    before = time.time()
+    a.node.run("ping", "-c", "2", "-W", "2", tunnel[b])
+    peer = a.devices.device(a.iface).peers[keys[b].public_key()]
+    assert before - 1 <= peer.last_handshake <= time.time()
+    assert peer.last_handshake != int(peer.last_handshake)  # the nanoseconds were added
+    assert peer.tx_bytes > 0 and peer.rx_bytes > 0
+    back = b.devices.device(b.iface).peers[keys[a].public_key()]
+    assert back.endpoint == Endpoint(IP(underlay[a]), 51820)  # learnt from the handshake

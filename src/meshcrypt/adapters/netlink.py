@@ -21,8 +21,10 @@ Not thread-safe: one `RtNetlink` per thread (the agent has one loop that writes 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Self, TypeVar
 
@@ -35,15 +37,16 @@ from meshcrypt.model.net import IPFamily
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Decodes one reply message (type, payload start, end) out of the receive buffer; None skips it.
-Decoder = Callable[[int, int, int], T | None]
+# Decodes one reply (receive buffer, payload start, message end); None skips it.
+Decoder = Callable[[bytearray, int, int], T | None]
 
 RCVBUF_BYTES = 8 * 1024 * 1024  # a 5,000-route dump or a burst of link events must not hit ENOBUFS
 SNDBUF_BYTES = 1024 * 1024
 RECV_CHUNK = 256 * 1024  # larger than any single datagram the kernel sends (dumps cap at 32 KiB)
 DEFAULT_WINDOW = 256  # route messages outstanding per send
-REPLY_TIMEOUT_S = 30.0  # the kernel answers synchronously; waiting longer means a bug, not load
+REPLY_TIMEOUT_S = 30  # the kernel answers synchronously; waiting longer means a bug, not load
 DUMP_ATTEMPTS = 5
+IFNAMSIZ = 16  # link names are at most 15 bytes
 _SEQ_LIMIT = 2**32
 
 # A route that is already gone is what a delete wants.
@@ -105,9 +108,12 @@ class RtNetlink:
         self._where = f" in netns {netns}" if netns else ""
         self._window = window
         self._sock = _open_socket(netns, groups=0)
-        self._sock.settimeout(REPLY_TIMEOUT_S)
+        # A kernel-side receive timeout (SO_RCVTIMEO) rather than `settimeout()`, which would poll()
+        # before every one of the thousands of receives a route batch makes.
+        self._sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", REPLY_TIMEOUT_S, 0)
+        )
         self._buf = bytearray(RECV_CHUNK)
-        self._view = memoryview(self._buf)
         self._seq = 0
         self._cidrs = rt.CidrCache()
 
@@ -123,12 +129,13 @@ class RtNetlink:
     # ---- links ---------------------------------------------------------------------------------------
 
     def link_by_name(self, name: str) -> Link | None:
-        def decode(msg_type: int, start: int, end: int) -> Link | None:
-            return rt.decode_link(self._view, start, end) if msg_type == rt.RTM_NEWLINK else None
-
+        """The link called `name`; None when there is none (or none could be: too long a name)."""
+        if not name or len(name.encode()) >= IFNAMSIZ:
+            return None  # the kernel would refuse the lookup itself with ERANGE
+        body = rt.link_get_by_name(name)
         try:
             found = self._call(
-                rt.RTM_GETLINK, 0, rt.link_get_by_name(name), f"get link {name}", decode
+                rt.RTM_GETLINK, 0, body, f"get link {name}", rt.RTM_NEWLINK, rt.decode_link
             )
         except NotFound:
             return None
@@ -155,10 +162,8 @@ class RtNetlink:
     def addresses(self, index: int, family: IPFamily) -> list[InterfaceAddress]:
         """The link's addresses of `family` (all scopes, link-local included); [] for a missing link."""
 
-        def decode(msg_type: int, start: int, end: int) -> InterfaceAddress | None:
-            if msg_type != rt.RTM_NEWADDR:
-                return None
-            decoded = rt.decode_address(self._view, start, end)
+        def decode(buf: bytearray, start: int, end: int) -> InterfaceAddress | None:
+            decoded = rt.decode_address(buf, start, end)
             if decoded is None or decoded[0] != index or decoded[1].address.version != family:
                 return None
             return decoded[1]
@@ -166,7 +171,7 @@ class RtNetlink:
         body = rt.IFADDRMSG.pack(family.af, 0, 0, 0, index)  # strict checking filters by index
         what = f"list {family.label} addresses of link index {index}"
         try:
-            return self._dump(rt.RTM_GETADDR, body, what, decode)
+            return self._dump(rt.RTM_GETADDR, body, what, rt.RTM_NEWADDR, decode)
         except NotFound:  # strict checking refuses a filter on a missing link with ENODEV
             return []
 
@@ -184,14 +189,12 @@ class RtNetlink:
     # ---- routes --------------------------------------------------------------------------------------
 
     def routes(self, table: int, family: IPFamily) -> list[Route]:
-        def decode(msg_type: int, start: int, end: int) -> Route | None:
-            if msg_type != rt.RTM_NEWROUTE:
-                return None
-            return rt.decode_route(self._view, start, end, table, family, self._cidrs)
-
+        # A partial, not a closure: one Python frame less for each of thousands of routes.
+        decode = functools.partial(rt.decode_route, table=table, family=family, cidrs=self._cidrs)
+        body = rt.route_dump_body(table, family)
         what = f"list {family.label} routes of table {table}"
         try:
-            return self._dump(rt.RTM_GETROUTE, rt.route_dump_body(table, family), what, decode)
+            return self._dump(rt.RTM_GETROUTE, body, what, rt.RTM_NEWROUTE, decode)
         except NotFound:  # strict checking: a table that was never created is ENOENT
             return []
 
@@ -209,13 +212,10 @@ class RtNetlink:
     def rules(self, family: IPFamily) -> list[Rule]:
         """The family's `[not] from all [fwmark M/M] lookup T` rules in kernel order (others skipped)."""
 
-        def decode(msg_type: int, start: int, end: int) -> Rule | None:
-            if msg_type != rt.RTM_NEWRULE:
-                return None
-            return rt.decode_rule(self._view, start, end, family)
-
+        decode = functools.partial(rt.decode_rule, family=family)
         body = rt.family_header(family, rt.FIB_RULE_HDR.size)
-        return self._dump(rt.RTM_GETRULE, body, f"list {family.label} rules", decode)
+        what = f"list {family.label} rules"
+        return self._dump(rt.RTM_GETRULE, body, what, rt.RTM_NEWRULE, decode)
 
     def rule_add(self, rule: Rule) -> None:
         """EEXIST (AlreadyExists) also when a rule differing only in the invert flag exists: the
@@ -247,7 +247,7 @@ class RtNetlink:
     def _recv(self, what: str) -> int:
         try:
             return self._sock.recv_into(self._buf)
-        except TimeoutError as exc:
+        except BlockingIOError as exc:  # EAGAIN: SO_RCVTIMEO expired
             raise kernel_error(f"{what}{self._where}: no reply", errno.ETIMEDOUT) from exc
         except OSError as exc:
             raise kernel_error(f"{what}{self._where}: receive", exc.errno or 0) from exc
@@ -257,63 +257,78 @@ class RtNetlink:
         return kernel_error(f"{what}{self._where}{detail}", err)
 
     def _call(
-        self, msg_type: int, flags: int, body: bytes, what: str, decode: Decoder[T] | None = None
+        self,
+        msg_type: int,
+        flags: int,
+        body: bytes,
+        what: str,
+        reply_type: int = 0,
+        decode: Decoder[T] | None = None,
     ) -> list[T]:
-        """One request answered by zero or more replies and an ACK (or an error)."""
+        """One request answered by an ACK or an error, and before it by zero or more replies of
+        `reply_type`, each decoded with `decode`."""
         seq = self._next_seq()
         flags |= rt.NLM_F_REQUEST | rt.NLM_F_ACK
         self._send(rt.message(msg_type, flags, seq, body), what)
         replies: list[T] = []
+        buf = self._buf
         while True:
             size = self._recv(what)
-            for reply_type, reply_flags, reply_seq, start, end in rt.iter_messages(self._buf, size):
-                if reply_seq != seq:
+            for got_type, got_flags, got_seq, start, end in rt.iter_messages(buf, size):
+                if got_seq != seq:
                     continue
-                if reply_type == rt.NLMSG_ERROR:
-                    err, text = rt.decode_error(self._buf, start, end, reply_flags)
+                if got_type == rt.NLMSG_ERROR:
+                    err, text = rt.decode_error(buf, start, end, got_flags)
                     if err:
                         raise self._failure(what, err, text)
                     return replies
-                if decode is not None:
-                    item = decode(reply_type, start, end)
+                if decode is not None and got_type == reply_type:
+                    item = decode(buf, start, end)
                     if item is not None:
                         replies.append(item)
 
-    def _dump(self, msg_type: int, body: bytes, what: str, decode: Decoder[T]) -> list[T]:
+    def _dump(
+        self, msg_type: int, body: bytes, what: str, reply_type: int, decode: Decoder[T]
+    ) -> list[T]:
+        """Every `reply_type` message of a dump, decoded (None results dropped)."""
         for attempt in range(1, DUMP_ATTEMPTS + 1):
             try:
-                return self._dump_once(msg_type, body, what, decode)
+                return self._dump_once(msg_type, body, what, reply_type, decode)
             except _Interrupted:
                 log.debug("%s: dump interrupted by a change, attempt %d", what, attempt)
         raise kernel_error(f"{what}{self._where}: kept changing during the dump", errno.EINTR)
 
-    def _dump_once(self, msg_type: int, body: bytes, what: str, decode: Decoder[T]) -> list[T]:
+    def _dump_once(
+        self, msg_type: int, body: bytes, what: str, reply_type: int, decode: Decoder[T]
+    ) -> list[T]:
         seq = self._next_seq()
         flags = rt.NLM_F_REQUEST | rt.NLM_F_ACK | rt.NLM_F_DUMP
         self._send(rt.message(msg_type, flags, seq, body), what)
         items: list[T] = []
         append = items.append
+        buf = self._buf
         interrupted = False
         while True:
             size = self._recv(what)
-            for reply_type, reply_flags, reply_seq, start, end in rt.iter_messages(self._buf, size):
-                if reply_seq != seq:
+            for got_type, got_flags, got_seq, start, end in rt.iter_messages(buf, size):
+                if got_seq != seq:
                     continue
-                if reply_flags & rt.NLM_F_DUMP_INTR:
+                if got_flags & rt.NLM_F_DUMP_INTR:  # also set on NLMSG_DONE
                     interrupted = True
-                if reply_type == rt.NLMSG_DONE:
-                    err = rt.decode_done(self._buf, start, end)
+                if got_type == reply_type:
+                    item = decode(buf, start, end)
+                    if item is not None:
+                        append(item)
+                elif got_type == rt.NLMSG_DONE:
+                    err = rt.decode_done(buf, start, end)
                     if err:
                         raise self._failure(what, err, "")
                     if interrupted:
                         raise _Interrupted
                     return items
-                if reply_type == rt.NLMSG_ERROR:  # the request itself was refused
-                    err, text = rt.decode_error(self._buf, start, end, reply_flags)
+                elif got_type == rt.NLMSG_ERROR:  # the request itself was refused
+                    err, text = rt.decode_error(buf, start, end, got_flags)
                     raise self._failure(what, err or errno.EPROTO, text)
-                item = decode(reply_type, start, end)
-                if item is not None:
-                    append(item)
 
     def _route_batch(
         self, msg_type: int, flags: int, routes: Sequence[Route], what: str, quiet: frozenset[int]

@@ -267,7 +267,7 @@ def route_message(
         protocol = route.protocol
     dst_attr = RTATTR.pack(4 + len(packed), RTA_DST) + packed
     tail = _ATTR_U32.pack(8, RTA_TABLE, table) + dst_attr
-    if route.ifindex is not None:
+    if device and route.ifindex is not None:  # a throw route has no interface to match
         tail += _ATTR_U32.pack(8, RTA_OIF, route.ifindex)
     if route.metric:
         tail += _ATTR_U32.pack(8, RTA_PRIORITY, route.metric)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshcrypt.adapters.wireguard_uapi import DEFAULT_SOCKET_DIR, probe, socket_path
-from meshcrypt.model.errors import KernelError, NotSupported, kernel_error
+from meshcrypt.model.errors import ConfigError, KernelError, NotSupported, kernel_error
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ class WireguardGoSupervisor:
         self.binary = binary
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def pid_file(self, iface: str) -> Path:
+        if "/" in iface or iface in ("", ".", ".."):
+            raise ConfigError("interface name", iface, "not a file name")
         return self.state_dir / f"wireguard-go.{iface}.pid"
 
     def log_file(self, iface: str) -> Path:
@@ -141,44 +142,58 @@ class WireguardGoSupervisor:
     # ----------------------------------------------------------------------------------------------
 
     def _start(self, iface: str) -> int:
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in _INHERITED_FD_VARS}
         env["LOG_LEVEL"] = "error"
         cmd = [*self.prefix_cmd, self.binary, "-f", iface]
-        with open(self.log_file(iface), "ab") as logf:
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except FileNotFoundError as exc:
-                raise NotSupported(f"cannot run {cmd[0]}: not installed", errno.ENOENT) from exc
-        self._children[iface] = proc
-        log.info("%s: started wireguard-go pid %d", iface, proc.pid)
         try:
-            self._wait_for_socket(iface, proc)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            log_fd = os.open(self.log_file(iface), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise kernel_error(
+                f"{iface}: cannot open wireguard-go's log: {exc}", exc.errno or 0
+            ) from exc
+        try:
+            # posix_spawn rather than subprocess.Popen: the process is meant to outlive the object that
+            # started it, which Popen reports as a leak. setsid=True is Popen's start_new_session.
+            # Our own descriptors are close-on-exec (PEP 446), so only 0, 1 and 2 are inherited.
+            pid = os.posix_spawnp(
+                cmd[0],
+                cmd,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+        except FileNotFoundError as exc:
+            raise NotSupported(f"cannot run {cmd[0]}: not installed", errno.ENOENT) from exc
+        except OSError as exc:
+            raise kernel_error(f"{iface}: cannot start {cmd[0]}: {exc}", exc.errno or 0) from exc
+        finally:
+            os.close(log_fd)
+        log.info("%s: started wireguard-go pid %d", iface, pid)
+        try:
+            self._wait_for_socket(iface, pid)
         except BaseException:
-            self._terminate(iface, proc.pid)
+            self._terminate(iface, pid)
             raise
-        self._record(iface, proc.pid)
-        return proc.pid
+        self._record(iface, pid)
+        return pid
 
-    def _wait_for_socket(self, iface: str, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_for_socket(self, iface: str, pid: int) -> None:
         path = socket_path(self.socket_dir, iface)
         deadline = time.monotonic() + self.start_timeout
         while True:
-            rc = proc.poll()
-            if rc is not None:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
                 raise KernelError(
-                    f"{iface}: wireguard-go exited with status {rc} at start: {self._log_tail(iface)}",
+                    f"{iface}: wireguard-go exited with status {os.waitstatus_to_exitcode(status)} "
+                    f"at start: {self._log_tail(iface)}",
                     errno.EIO,
                 )
-            if probe(path, timeout=1.0) == proc.pid:
+            if probe(path, timeout=1.0) == pid:
                 return
             if time.monotonic() > deadline:
                 raise KernelError(
@@ -203,24 +218,16 @@ class WireguardGoSupervisor:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 break
-            if self._wait_gone(iface, pid, timeout):
+            if self._wait_gone(pid, timeout):
                 break
             log.warning("%s: wireguard-go pid %d survived %s", iface, pid, sig.name)
         else:
             raise KernelError(f"{iface}: wireguard-go pid {pid} does not die", errno.EBUSY)
-        self._children.pop(iface, None)
         log.info("%s: stopped wireguard-go pid %d", iface, pid)
 
-    def _wait_gone(self, iface: str, pid: int, timeout: float) -> bool:
-        child = self._children.get(iface)
-        if child is not None and child.pid == pid:
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return False
-            return True
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while pid_alive(pid):
+        while pid_alive(pid):  # reaps it when it is our child
             if time.monotonic() > deadline:
                 return False
             time.sleep(_POLL)

@@ -43,6 +43,15 @@ class _ConnectionLost(Exception):
     """The socket closed before a whole reply arrived (wireguard-go exited or dropped us)."""
 
 
+def valid_iface_name(name: str) -> bool:
+    """A Linux interface name: 1 to 15 bytes, no slash or whitespace (so it stays a file name)."""
+    return (
+        0 < len(name.encode()) < 16
+        and name not in (".", "..")
+        and not any(c == "/" or c.isspace() for c in name)
+    )
+
+
 def socket_path(socket_dir: str, iface: str) -> str:
     return os.path.join(socket_dir, f"{iface}.sock")
 
@@ -419,6 +428,8 @@ class UapiWireguardDevices:
             ) from exc
 
     def _connect(self, name: str) -> _Connection:
+        if not valid_iface_name(name):
+            raise NotFound(f"no wireguard-go device {name!r}: not an interface name", errno.ENODEV)
         path = self.socket_path(name)
         try:
             conn = _Connection(path, self.timeout)
