@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from meshcrypt.adapters import netlink as netlink_module
+from meshcrypt.adapters import rtnetlink
 from meshcrypt.adapters.netlink import LinkEvent, LinkMonitor, RtNetlink
 from meshcrypt.adapters.netns import entered_netns, open_in_netns
 from meshcrypt.model.dataplane import InterfaceAddress, Link, Route, RouteKind, Rule
@@ -614,3 +615,21 @@ def test_5000_routes_against_ip_batch(veth: Veth) -> None:
             f"  {step:9s}  adapter {mine:6.1f} ms   {ref_name:13s} {reference:6.1f} ms"
             f"   ratio {mine / reference:4.2f}"
         )
+
+
+def test_a_dump_abandoned_half_way_does_not_break_the_next_call(
+    veth: Veth, nl: RtNetlink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel refuses a new dump (EBUSY) while an unread one is pending on the socket."""
+    routes = host_routes(3000, veth.index)  # a dump of many datagrams
+    nl.routes_replace(routes)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("decoder bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rtnetlink, "decode_route", broken)
+        with pytest.raises(RuntimeError, match="decoder bug"):
+            nl.routes(TABLE, IPFamily.V4)
+    assert nl.rules(IPFamily.V4)
+    assert set(nl.routes(TABLE, IPFamily.V4)) == set(routes)

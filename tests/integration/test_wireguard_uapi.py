@@ -378,7 +378,7 @@ def test_missing_device_in_a_node_is_not_found(wireguard_go_node) -> None:
 
 @integration
 def test_the_client_reconnects_once_after_wireguard_go_restarts(
-    wireguard_go_node,
+    wireguard_go_node, caplog: pytest.LogCaptureFixture
 ) -> None:
     wg, name, sup = wireguard_go_node.devices, wireguard_go_node.iface, wireguard_go_node.supervisor
     wg.configure(name, DeviceConfig(listen_port=51901, peers=(PeerConfig(_pub(1)),)))
@@ -398,7 +398,10 @@ def test_the_client_reconnects_once_after_wireguard_go_restarts(
     old_pid = sup.adopt(name)
     sup.stop(name)
     assert sup.ensure_running(name, mtu=0) != old_pid
-    assert wg.device(name).peers == {}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="meshcrypt"):
+        assert wg.device(name).peers == {}
+    assert "reconnecting" in caplog.text
 
 
 @integration

@@ -13,6 +13,7 @@ so they return immutable values only, never views into the buffer.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from typing import TypeAlias
 
 from meshcrypt.model.dataplane import InterfaceAddress, Link, Route, RouteKind, Rule
+from meshcrypt.model.errors import KernelError
 from meshcrypt.model.net import CIDR, IPAddress, IPFamily
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -162,12 +164,10 @@ _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
-RTMSG = struct.Struct(
-    "=BBBBBBBBI"
-)  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-FIB_RULE_HDR = struct.Struct(
-    "=BBBBBBBBI"
-)  # family, dst_len, src_len, tos, table, res1, res2, action, flags
+# rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTMSG = struct.Struct("=BBBBBBBBI")
+# fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
 _NL_RT = struct.Struct("=IHHIIBBBBBBBBI")  # nlmsghdr + rtmsg in one go (the hot path)
 _NL_RT_SIZE = _NL_RT.size
 
@@ -333,7 +333,10 @@ def iter_messages(buf: Buffer, size: int) -> Iterator[tuple[int, int, int, int, 
     while offset + NLMSGHDR_SIZE <= size:
         length, msg_type, flags, seq, _pid = unpack(buf, offset)
         if length < NLMSGHDR_SIZE or offset + length > size:
-            raise ValueError(f"truncated netlink message at offset {offset} (length {length})")
+            raise KernelError(
+                f"malformed netlink message at offset {offset} (length {length} of {size})",
+                errno.EPROTO,
+            )
         yield msg_type, flags, seq, offset + NLMSGHDR_SIZE, offset + length
         offset += (length + 3) & ~3
 

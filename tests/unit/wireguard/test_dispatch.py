@@ -6,6 +6,7 @@ import pytest
 
 from meshcrypt.model.dataplane import RouteKind
 from meshcrypt.model.messages import (
+    DataplaneMessage,
     HostMetadataRemove,
     HostMetadataUpdate,
     RouteRemove,
@@ -21,7 +22,9 @@ from meshcrypt.wireguard.dispatch import ManagerDispatch, dispatch_all
 from tests.unit.wireguard.harness import Harness, key
 
 
-def _key_msg(h: Harness, host: str, k: str, addr: str = "") -> object:
+def _key_msg(
+    h: Harness, host: str, k: str, addr: str = ""
+) -> WireguardEndpointUpdate | WireguardEndpointV6Update:
     if h.family is IPFamily.V4:
         return WireguardEndpointUpdate(host, k, addr)
     return WireguardEndpointV6Update(host, k, addr)
@@ -43,7 +46,7 @@ def d(h: Harness) -> ManagerDispatch:
 def test_full_peer_from_messages(h: Harness, d: ManagerDispatch) -> None:
     k = key()
     d.on_update(_host_msg(h, "peer1", f"{h.ip('1.2.3.5')}/24"))
-    d.on_update(_key_msg(h, "peer1", str(k), str(h.ip("10.65.1.1"))))  # type: ignore[arg-type]
+    d.on_update(_key_msg(h, "peer1", str(k), str(h.ip("10.65.1.1"))))
     block, tunnel = h.cidr("10.65.1.0/26"), h.cidr("10.65.1.1/32")
     d.on_update(RouteUpdate(str(block), RouteType.REMOTE_WORKLOAD, "peer1"))
     d.on_update(RouteUpdate(str(tunnel), RouteType.REMOTE_TUNNEL, "peer1", tunnel_wireguard=True))
@@ -60,7 +63,7 @@ def test_other_family_messages_ignored(h: Harness, d: ManagerDispatch) -> None:
     o = Harness(other)
     k = key()
     d.on_update(_host_msg(o, "peer1", str(o.ip("1.2.3.5"))))
-    d.on_update(_key_msg(o, "peer1", str(k)))  # type: ignore[arg-type]
+    d.on_update(_key_msg(o, "peer1", str(k)))
     d.on_update(RouteUpdate(str(o.cidr("10.65.1.0/26")), RouteType.REMOTE_WORKLOAD, "peer1"))
     h.manager.apply()
     assert h.peers() == {}
@@ -73,7 +76,7 @@ def test_bad_input_logged_and_ignored(
     d.on_update(RouteUpdate("not-a-cidr", RouteType.REMOTE_WORKLOAD, "peer1"))
     d.on_update(RouteRemove("10.0.0.1/8"))  # host bits set
     d.on_update(_host_msg(h, "peer1", "999.1.1.1"))
-    d.on_update(_key_msg(h, "peer1", "not base64!"))  # type: ignore[arg-type]
+    d.on_update(_key_msg(h, "peer1", "not base64!"))
     h.manager.apply()
     assert h.peers() == {}
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 4
@@ -86,7 +89,7 @@ def test_remote_host_without_host_encryption_removes(family: IPFamily) -> None:
     d = ManagerDispatch(h.manager)
     k, c = key(), h.cidr("10.65.1.0/26")
     d.on_update(_host_msg(h, "peer1", str(h.ip("1.2.3.5"))))
-    d.on_update(_key_msg(h, "peer1", str(k)))  # type: ignore[arg-type]
+    d.on_update(_key_msg(h, "peer1", str(k)))
     d.on_update(RouteUpdate(str(c), RouteType.REMOTE_WORKLOAD, "peer1"))
     h.manager.apply()
     assert h.allowed(k) == {c}
@@ -100,7 +103,7 @@ def test_host_metadata_without_address_removes_endpoint(h: Harness, d: ManagerDi
     """Deliberate difference: a node that loses its address stops being a peer."""
     k, c = key(), h.cidr("10.65.1.0/26")
     d.on_update(_host_msg(h, "peer1", str(h.ip("1.2.3.5"))))
-    d.on_update(_key_msg(h, "peer1", str(k)))  # type: ignore[arg-type]
+    d.on_update(_key_msg(h, "peer1", str(k)))
     d.on_update(RouteUpdate(str(c), RouteType.REMOTE_WORKLOAD, "peer1"))
     h.manager.apply()
     assert set(h.peers()) == {k}
@@ -113,7 +116,7 @@ def test_host_metadata_without_address_removes_endpoint(h: Harness, d: ManagerDi
 def test_removes(h: Harness, d: ManagerDispatch) -> None:
     k, c = key(), h.cidr("10.65.1.0/26")
     d.on_update(_host_msg(h, "peer1", str(h.ip("1.2.3.5"))))
-    d.on_update(_key_msg(h, "peer1", str(k)))  # type: ignore[arg-type]
+    d.on_update(_key_msg(h, "peer1", str(k)))
     d.on_update(RouteUpdate(str(c), RouteType.REMOTE_WORKLOAD, "peer1"))
     h.manager.apply()
     remove = (
@@ -148,13 +151,14 @@ def test_dual_stack_dispatch_all() -> None:
     v4, v6 = Harness(IPFamily.V4, kernel), Harness(IPFamily.V6, kernel)
     ds = [ManagerDispatch(v4.manager), ManagerDispatch(v6.manager)]
     k4, k6 = key(), key()
-    for msg in [
+    msgs: list[DataplaneMessage] = [
         HostMetadataUpdate("peer1", str(v4.ip("1.2.3.5")), str(v6.ip("1.2.3.5"))),
         WireguardEndpointUpdate("peer1", str(k4)),
         WireguardEndpointV6Update("peer1", str(k6)),
         RouteUpdate(str(v4.cidr("10.65.1.0/26")), RouteType.REMOTE_WORKLOAD, "peer1"),
         RouteUpdate(str(v6.cidr("10.65.1.0/26")), RouteType.REMOTE_WORKLOAD, "peer1"),
-    ]:
+    ]
+    for msg in msgs:
         dispatch_all(ds, msg)
     v4.manager.apply()
     v6.manager.apply()

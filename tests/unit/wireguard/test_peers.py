@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from meshcrypt.fakes import Counters
 from meshcrypt.model.dataplane import RouteKind
 from tests.unit.wireguard.harness import PORTS, TABLE, Harness, key
 
@@ -25,7 +26,7 @@ class TwoPeers:
         self.base = h.kernel.counters
         self.configures = len(h.configure_log)
 
-    def diff(self):  # type: ignore[no-untyped-def]
+    def diff(self) -> Counters:
         return self.h.kernel.counters - self.base
 
     def wg_changes(self) -> int:
