@@ -222,7 +222,6 @@ class RtNetlink:
 
     def rules(self, family: IPFamily) -> list[Rule]:
         """The family's `[not] from all [fwmark M/M] lookup T` rules in kernel order (others skipped)."""
-
         decode = functools.partial(rt.decode_rule, family=family)
         body = rt.family_header(family, rt.FIB_RULE_HDR.size)
         what = f"list {family.label} rules"
@@ -235,8 +234,8 @@ class RtNetlink:
         self._call(rt.RTM_NEWRULE, flags, rt.rule_body(rule), f"add rule {rule}")
 
     def rule_delete(self, rule: Rule) -> None:
-        """Sends every field; the kernel deletes the first rule matching them, whose invert flag it
-        does not compare (it cannot differ: two such rules cannot coexist, see `rule_add`)."""
+        """Sends every field; the kernel deletes the first rule matching priority, table, mark and
+        mask whatever its invert flag (at most one such rule can exist, see `rule_add`)."""
         self._call(rt.RTM_DELRULE, 0, rt.rule_body(rule), f"delete rule {rule}")
 
     # ---- plumbing ------------------------------------------------------------------------------------

@@ -91,8 +91,14 @@ IFA_LOCAL = 2
 
 RTA_DST = 1
 RTA_OIF = 4
+RTA_GATEWAY = 5
 RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTA_VIA = 18
+RTA_NH_ID = 30
+# A unicast route carrying one of these is not a plain device route.
+_NOT_DEVICE_ONLY = frozenset({RTA_GATEWAY, RTA_MULTIPATH, RTA_VIA, RTA_NH_ID})
 
 RTN_UNICAST = 1
 RTN_THROW = 9
@@ -475,8 +481,10 @@ def decode_route(
     """An RTM_NEWROUTE payload as a `Route`, or None when it is not a route of `table` and `family`
     that meshcrypt can represent.
 
-    Kept: RTN_UNICAST as DEVICE (ifindex from RTA_OIF; None for multipath routes) and RTN_THROW as
-    THROW. Throw routes are normalised to `ifindex=None`: the kernel reports IPv6 throw routes on
+    Kept: RTN_UNICAST as DEVICE and RTN_THROW as THROW. A device route's ifindex is RTA_OIF, but
+    None when the route is more than "dev X" (a gateway, multipath, nexthop object): such a route
+    never equals one meshcrypt wants, so a sync replaces or deletes it instead of taking it for
+    its own. Throw routes are normalised to `ifindex=None`: the kernel reports IPv6 throw routes on
     `lo` (OIF 1), IPv4 ones without an interface. Skipped: every other type (local, broadcast,
     blackhole, unreachable, prohibit, ...) and cached clones, none of which meshcrypt programs.
     """
@@ -489,6 +497,7 @@ def decode_route(
         return None
     dst_raw = _DEFAULT_DST[family]
     oif: int | None = None
+    device_only = True
     metric = 0
     found_table = rtm_table
     pos = start + RTMSG.size
@@ -506,13 +515,15 @@ def decode_route(
             oif = unpack_u32(buf, pos + 4)[0]
         elif attr_type == RTA_PRIORITY:
             metric = unpack_u32(buf, pos + 4)[0]
+        elif attr_type in _NOT_DEVICE_ONLY:
+            device_only = False
         pos += (length + 3) & ~3
     if found_table != table:
         return None
     dst = cidrs.get(dst_raw, dst_len)
     if rtype == RTN_THROW:
         return Route(table, dst, _THROW, None, protocol, metric)
-    return Route(table, dst, _DEVICE, oif, protocol, metric)
+    return Route(table, dst, _DEVICE, oif if device_only else None, protocol, metric)
 
 
 def decode_rule(buf: Buffer, start: int, end: int, family: IPFamily) -> Rule | None:
