@@ -77,6 +77,7 @@ def test_two_node_userspace_mesh(node: NodeFactory, tmp_path: Path) -> None:
 def test_disable_removes_everything(node: NodeFactory, tmp_path: Path) -> None:
     import dataclasses
 
+    from meshcrypt.adapters.sysfs import FileSysfs
     from meshcrypt.wireguard.manager import WireguardManager
 
     a, b = make_mesh([node("a"), node("b")], BackendMode.USERSPACE, tmp_path)
@@ -88,7 +89,7 @@ def test_disable_removes_everything(node: NodeFactory, tmp_path: Path) -> None:
             dataclasses.replace(a.manager.config, enabled=False),
             netlink=a.backend.netlink,
             wireguard=a.backend.wireguard,
-            sysfs=a.manager._sysfs,  # noqa: SLF001 - same writer
+            sysfs=FileSysfs(a.sim.netns),
             status_callback=a.published.append,
             link_kind=a.backend.link_kind,
         )

@@ -29,7 +29,7 @@ def _supervisor(sim, state: Path, **kwargs) -> WireguardGoSupervisor:
     )
 
 
-def _link(sim, iface: str = IFACE) -> str:
+def _link(sim: SimNode, iface: str = IFACE) -> str:
     return sim.run("ip", "-o", "link", "show", "dev", iface)
 
 
@@ -79,7 +79,9 @@ def test_a_reused_pid_in_the_pid_file_is_never_signalled(tmp_path: Path) -> None
     try:
         sup = WireguardGoSupervisor(str(tmp_path), socket_dir=str(tmp_path))
         # Same PID, different start time: the recorded process is gone and the PID was reused.
-        sup.pid_file("wg0").write_text(f"{bystander.pid} {start_time(bystander.pid) - 1}\n")
+        started = start_time(bystander.pid)
+        assert started is not None
+        sup.pid_file("wg0").write_text(f"{bystander.pid} {started - 1}\n")
         assert sup.adopt("wg0") is None
         sup.stop("wg0")
         assert bystander.poll() is None
