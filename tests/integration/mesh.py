@@ -7,6 +7,7 @@ both backends are checked by the same scenario.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import subprocess
 import time
@@ -168,3 +169,47 @@ def classify(lines: list[str], inner_prefix: str = "10.65.") -> dict[str, int]:
         else:
             counts["other"] += 1
     return counts
+
+
+def check_two_node_mesh(a: MeshNode, b: MeshNode, tmp: Path, extra_peers: int) -> None:
+    """Program both nodes, then check real outcomes: ping through the tunnel, only WireGuard UDP
+    on the underlay, `wg show` peers and allowed IPs, routes in table 1, the rule and the MTU."""
+    for n in (a, b):
+        n.apply()
+        assert n.published, f"{n.name} published no key"
+        assert not n.key.is_zero
+    fake = exchange([a, b], extra_peers=extra_peers)
+    for n in (a, b):
+        n.apply()
+
+    pcap = tmp / f"{a.name}.pcap"
+    capture = start_capture(a, pcap)
+    ping = a.sim.run("ping", "-c", "5", "-i", "0.2", "-W", "2", b.tunnel)
+    lines = stop_capture(capture, pcap)
+    assert " 0% packet loss" in ping, ping
+    counts = classify(lines)
+    assert counts["plaintext"] == 0, lines
+    assert counts["wireguard"] >= 10, lines
+    assert counts["other"] == 0, lines
+
+    dump = a.wg_dump()
+    device, peers = dump[0], {row[0]: row for row in dump[1:]}
+    assert device[2] == str(PORT)
+    assert device[1] == a.key.to_base64()
+    assert len(peers) == 1 + extra_peers
+    peer_b = peers[b.key.to_base64()]
+    assert peer_b[2] == f"{b.underlay}:{PORT}"
+    assert set(peer_b[3].split(",")) == {b.block, f"{b.tunnel}/32"}
+    for k, cidr in fake.items():
+        assert peers[k.to_base64()][3] == cidr
+
+    routes = json.loads(a.sim.run("ip", "-j", "route", "show", "table", "1"))
+    by_dst = {r["dst"]: r for r in routes}
+    assert by_dst[b.block]["dev"] == IFACE
+    assert by_dst[b.tunnel]["dev"] == IFACE
+    assert by_dst[a.block]["type"] == "throw"
+    assert len([r for r in routes if r.get("dev") == IFACE]) == 2 + extra_peers
+    rules = a.sim.run("ip", "rule", "show", "pref", "99")
+    assert "not from all fwmark 0x100000/0x100000 lookup 1" in rules
+    link = json.loads(a.sim.run("ip", "-j", "link", "show", IFACE))[0]
+    assert link["mtu"] == 1400

@@ -7,7 +7,6 @@ allowed IPs, the routing table and rule read back with `ip`, and 300 extra peers
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,8 @@ from meshcrypt.adapters.backend import BackendMode
 from tests.integration.conftest import NodeFactory
 from tests.integration.mesh import (
     IFACE,
-    PORT,
-    classify,
-    exchange,
+    check_two_node_mesh,
     make_mesh,
-    start_capture,
-    stop_capture,
 )
 
 pytestmark = pytest.mark.integration
@@ -30,44 +25,7 @@ pytestmark = pytest.mark.integration
 def test_two_node_userspace_mesh(node: NodeFactory, tmp_path: Path) -> None:
     a, b = make_mesh([node("a"), node("b")], BackendMode.USERSPACE, tmp_path)
     try:
-        for n in (a, b):
-            n.apply()
-            assert n.published and not n.key.is_zero
-        fake = exchange([a, b], extra_peers=300)
-        for n in (a, b):
-            n.apply()
-
-        pcap = tmp_path / "a.pcap"
-        capture = start_capture(a, pcap)
-        ping = a.sim.run("ping", "-c", "5", "-i", "0.2", "-W", "2", b.tunnel)
-        lines = stop_capture(capture, pcap)
-        assert " 0% packet loss" in ping
-        counts = classify(lines)
-        assert counts["plaintext"] == 0, lines
-        assert counts["wireguard"] >= 10, lines
-        assert counts["other"] == 0, lines
-
-        dump = a.wg_dump()
-        device, peers = dump[0], {row[0]: row for row in dump[1:]}
-        assert device[2] == str(PORT)
-        assert device[1] == a.key.to_base64()
-        assert len(peers) == 301
-        peer_b = peers[b.key.to_base64()]
-        assert peer_b[2] == f"{b.underlay}:{PORT}"
-        assert set(peer_b[3].split(",")) == {b.block, f"{b.tunnel}/32"}
-        for k, cidr in fake.items():
-            assert peers[k.to_base64()][3] == cidr
-
-        routes = json.loads(a.sim.run("ip", "-j", "route", "show", "table", "1"))
-        by_dst = {r["dst"]: r for r in routes}
-        assert by_dst["10.65.1.0/26"]["dev"] == IFACE
-        assert by_dst["10.65.1.1"]["dev"] == IFACE
-        assert by_dst["10.65.0.0/26"]["type"] == "throw"
-        assert len([r for r in routes if r.get("dev") == IFACE]) == 2 + 300
-        rules = a.sim.run("ip", "rule", "show", "pref", "99")
-        assert "not from all fwmark 0x100000/0x100000 lookup 1" in rules
-        link = json.loads(a.sim.run("ip", "-j", "link", "show", IFACE))[0]
-        assert link["mtu"] == 1400
+        check_two_node_mesh(a, b, tmp_path, extra_peers=300)
     finally:
         for n in (a, b):
             if n.supervisor is not None:

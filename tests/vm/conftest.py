@@ -27,7 +27,7 @@ from .vmnodes import IN_VM, VM_TOOLS, VmNode, run
 def vm_kernel() -> None:
     """Inside the VM: the WireGuard module is loaded. On the host: skip."""
     if not IN_VM:
-        pytest.skip("runs inside a VM: scripts/vm-run --pytest tests/vm")
+        pytest.skip("runs inside the VM, launched by tests/vm/test_vm_suite.py or scripts/vm-run")
     missing = [tool for tool in VM_TOOLS if shutil.which(tool) is None]
     assert not missing, f"missing in the VM: {missing}"
     assert os.geteuid() == 0, "the VM runs tests as root"

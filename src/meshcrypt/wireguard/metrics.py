@@ -15,29 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from meshcrypt.model.dataplane import Device
 from meshcrypt.model.errors import MeshcryptError
+from meshcrypt.model.metrics import Labels, MetricFamily, Sample
 
 log = logging.getLogger(__name__)
-
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    labels: Labels
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class MetricFamily:
-    name: str
-    kind: str  # "gauge" or "counter"
-    help: str
-    samples: tuple[Sample, ...]
-
 
 META_HELP = "wireguard interface and runtime metadata"
 HANDSHAKE_HELP = "wireguard interface latest handshake unix timestamp in seconds to a peer"
@@ -114,24 +97,3 @@ class WireguardMetrics:
         self._cached = families_for(self._hostname, devices)
         self._cached_at = now
         return self._cached
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def render(families: Iterable[MetricFamily]) -> str:
-    """Prometheus text exposition format (version 0.0.4)."""
-    lines: list[str] = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {family.help}")
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels)
-            suffix = f"{{{labels}}}" if labels else ""
-            lines.append(f"{family.name}{suffix} {_number(sample.value)}")
-    return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ import ipaddress
 from meshcrypt.fakes import FakeClock, FakeKernel
 from meshcrypt.model.dataplane import DeviceConfig, Endpoint, PeerConfig
 from meshcrypt.model.keys import PrivateKey
-from meshcrypt.wireguard.metrics import WireguardMetrics, render
+from meshcrypt.model.metrics import render
+from meshcrypt.wireguard.metrics import WireguardMetrics
 
 
 def test_metrics_rate_limited_and_rendered() -> None:  # 65

@@ -1,0 +1,161 @@
+"""Route sources, and how the sources of one CIDR combine into one RouteUpdate.
+
+Every resource that asks for a route is a *source* of that route's CIDR: an IPAM block (its CIDR), a
+workload endpoint (each of its /32 or /128), a node (each host address, and separately each WireGuard
+tunnel address), an IP pool (its CIDR, as CIDR_INFO). Routes are keyed by the exact CIDR, so a tunnel
+/32 inside a block is its own route and never takes the block's types (as in Felix's L3 resolver).
+
+One CIDR may have several sources (a workload /32 that is also a tunnel address, two nodes claiming
+one host address). Its RouteUpdate then carries:
+
+* `types`: the OR of every source's bit, local or remote by the node the source names;
+* `dst_node_name`: the node of the most specific source, host > tunnel > workload endpoint > block >
+  pool; between sources of the same kind, the lowest (node name, resource key), so the answer does
+  not depend on the order events arrived in;
+* `dst_node_ip`: that node's address of the CIDR's family, or "" when the node is unknown;
+* `borrowed`: some workload endpoint of the CIDR sits in a block affine to another node;
+* `tunnel_wireguard`: some source is a WireGuard tunnel address.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+
+from meshcrypt.model.messages import RouteType, RouteUpdate
+from meshcrypt.model.net import CIDR
+
+
+class SourceKind(enum.IntEnum):
+    """What asks for a route. A higher value is more specific: it names the route's node."""
+
+    POOL = 0
+    BLOCK = 1
+    WORKLOAD = 2
+    TUNNEL = 3
+    HOST = 4
+
+
+SourceId = tuple[SourceKind, str]
+"""A source: its kind and the key of its resource (pool name, block key, endpoint key, node name)."""
+
+NO_CIDRS: frozenset[CIDR] = frozenset()
+
+_BITS: dict[SourceKind, tuple[RouteType, RouteType]] = {
+    # kind: (bit when the source names this host, bit when it names another node)
+    SourceKind.POOL: (RouteType.CIDR_INFO, RouteType.CIDR_INFO),
+    SourceKind.BLOCK: (RouteType.LOCAL_WORKLOAD, RouteType.REMOTE_WORKLOAD),
+    SourceKind.WORKLOAD: (RouteType.LOCAL_WORKLOAD, RouteType.REMOTE_WORKLOAD),
+    SourceKind.TUNNEL: (RouteType.LOCAL_TUNNEL, RouteType.REMOTE_TUNNEL),
+    SourceKind.HOST: (RouteType.LOCAL_HOST, RouteType.REMOTE_HOST),
+}
+
+
+class RouteSources:
+    """Which sources ask for which CIDRs, and which CIDRs name which node.
+
+    Each source replaces its whole set of CIDRs at once (`set`); the answer is the CIDRs whose
+    sources changed, so the caller re-resolves only those. The cost is proportional to the source's
+    own CIDRs, never to the size of the table.
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[CIDR, dict[SourceId, str]] = {}
+        self._owned: dict[SourceId, tuple[str, frozenset[CIDR]]] = {}
+        # node -> CIDRs with a source naming it, counted per source; a change of the node's address
+        # changes `dst_node_ip` of exactly these.
+        self._node_refs: dict[str, dict[CIDR, int]] = {}
+
+    def set(self, source: SourceId, node: str, cidrs: frozenset[CIDR]) -> set[CIDR]:
+        """Make `source` ask for exactly `cidrs` on behalf of `node` ("" for none).
+
+        Returns the CIDRs whose set of sources changed.
+        """
+        old_node, old_cidrs = self._owned.get(source, (node, NO_CIDRS))
+        if old_node == node and old_cidrs == cidrs:
+            return set()
+        if old_node == node:
+            gone, added = old_cidrs - cidrs, cidrs - old_cidrs
+        else:
+            gone, added = old_cidrs, cidrs
+        for cidr in gone:
+            self._drop(source, old_node, cidr)
+        for cidr in added:
+            self._add(source, node, cidr)
+        if cidrs:
+            self._owned[source] = (node, cidrs)
+        else:
+            self._owned.pop(source, None)
+        return set(gone | added)
+
+    def at(self, cidr: CIDR) -> Mapping[SourceId, str]:
+        """The sources of one CIDR, each with the node it names."""
+        return self._at.get(cidr, {})
+
+    def naming(self, node: str) -> Iterable[CIDR]:
+        """The CIDRs that have a source naming `node`."""
+        return self._node_refs.get(node, {}).keys()
+
+    def _add(self, source: SourceId, node: str, cidr: CIDR) -> None:
+        self._at.setdefault(cidr, {})[source] = node
+        if node:
+            refs = self._node_refs.setdefault(node, {})
+            refs[cidr] = refs.get(cidr, 0) + 1
+
+    def _drop(self, source: SourceId, node: str, cidr: CIDR) -> None:
+        sources = self._at[cidr]
+        del sources[source]
+        if not sources:
+            del self._at[cidr]
+        if node:
+            refs = self._node_refs[node]
+            if refs[cidr] == 1:
+                del refs[cidr]
+                if not refs:
+                    del self._node_refs[node]
+            else:
+                refs[cidr] -= 1
+
+
+def resolve_route(
+    cidr: CIDR,
+    sources: Mapping[SourceId, str],
+    hostname: str,
+    *,
+    pool_active: Callable[[str], bool],
+    block_owner: Callable[[CIDR], str | None],
+    node_ip: Callable[[str, int], str],
+) -> RouteUpdate | None:
+    """The route the sources of `cidr` ask for, or None when no source is active.
+
+    `pool_active(name)` says whether a pool still stands for its CIDR (it has no known block);
+    `block_owner(cidr)` names the node of the affine block holding `cidr`; `node_ip(node, version)`
+    gives a node's plain address of a family, or "".
+    """
+    types = RouteType.CIDR_INFO
+    best: tuple[int, str, str] | None = None
+    borrowed = tunnel = False
+    for (kind, key), node in sources.items():
+        if kind is SourceKind.POOL and not pool_active(key):
+            continue
+        local_bit, remote_bit = _BITS[kind]
+        types |= local_bit if node == hostname else remote_bit
+        rank = (-kind, node, key)
+        if best is None or rank < best:
+            best = rank
+        if kind is SourceKind.TUNNEL:
+            tunnel = True
+        elif kind is SourceKind.WORKLOAD and not borrowed:
+            owner = block_owner(cidr)
+            borrowed = owner is not None and owner != node
+    if best is None:
+        return None
+    dst_node = best[1]
+    return RouteUpdate(
+        dst=str(cidr),
+        types=types,
+        dst_node_name=dst_node,
+        dst_node_ip=node_ip(dst_node, cidr.version) if dst_node else "",
+        borrowed=borrowed,
+        tunnel_wireguard=tunnel,
+    )
