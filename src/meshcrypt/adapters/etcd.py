@@ -18,7 +18,8 @@ Errors: UNAVAILABLE, DEADLINE_EXCEEDED, a broken stream and anything else etcd s
 watch cancelled for compaction → `RevisionCompacted`; INVALID_ARGUMENT (e.g. more operations in one
 transaction than etcd's `--max-txn-ops`, 128 by default) → ValueError, a caller bug.
 
-Timings against etcd 3.4 on loopback are in the integration tests' report (`test_etcd.py`).
+Measured against etcd 3.4 on loopback, 2 vCPUs (`test_etcd.py::test_timings...`): listing 10,000
+keys of 640 B takes ~70 ms (10 pages); a watch delivers ~20,000 events/s; a one-key txn takes ~1 ms.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class _Connection:
     client: Any
     users: int = 0
     retired: bool = False
+    closed: bool = False
 
     @property
     def kv(self) -> Any:
@@ -186,7 +188,8 @@ class EtcdDatastore:
         if self._conn is conn:
             self._conn = None
             self._index = (self._index + 1) % len(self._endpoints)
-            log.warning(
+            # INFO: the caller, which knows what happens next, logs the warning.
+            log.info(
                 "etcd endpoint %s unavailable (%s); the next call goes to %s",
                 conn.endpoint.url,
                 reason,
@@ -205,6 +208,7 @@ class EtcdDatastore:
 
     @staticmethod
     async def _close_client(conn: _Connection) -> None:
+        conn.closed = True
         try:
             await conn.client.close()
         except Exception as exc:  # noqa: BLE001 - a broken channel may fail to close; it is dropped
@@ -232,6 +236,9 @@ class EtcdDatastore:
             conn = await self._acquire()
             try:
                 return await call(conn)
+            except asyncio.CancelledError:
+                _raise_if_closed(conn, what)
+                raise
             except (rpc.AioRpcError, aetcd.ClientError) as exc:
                 error = self._translate(conn, what, exc)
                 if isinstance(error, DatastoreUnavailable) and attempt < attempts:
@@ -348,6 +355,9 @@ class EtcdDatastore:
             raise self._translate(conn, f"watch {prefix}", exc) from exc
         except TimeoutError as exc:
             raise self._translate(conn, f"watch {prefix}", exc) from exc
+        except asyncio.CancelledError:
+            _raise_if_closed(conn, f"watch {prefix}")
+            raise
         finally:
             # Runs on normal exit, on error and on aclose()/cancellation: nothing may await here.
             if stream is not None:
@@ -355,7 +365,8 @@ class EtcdDatastore:
             self._release(conn)
 
     async def close(self) -> None:
-        """Close every connection (in-flight calls fail); later calls raise RuntimeError."""
+        """Close every connection; calls and watches in flight raise DatastoreUnavailable, later
+        calls RuntimeError."""
         self._closed = True
         self._conn = None
         for conn in list(self._open):
@@ -363,6 +374,15 @@ class EtcdDatastore:
             await self._close_client(conn)
         if self._closers:
             await asyncio.gather(*self._closers, return_exceptions=True)
+
+
+def _raise_if_closed(conn: _Connection, what: str) -> None:
+    """gRPC ends the calls of a closed channel with CancelledError, which would look like a
+    cancellation of the caller's task. When we closed the channel and nobody cancelled the task,
+    say what happened instead."""
+    task = asyncio.current_task()
+    if conn.closed and (task is None or task.cancelling() == 0):
+        raise DatastoreUnavailable(f"etcd {what}: the client was closed") from None
 
 
 def _compare(key: str, revision: int) -> Any:

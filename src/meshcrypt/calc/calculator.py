@@ -31,6 +31,9 @@ Order within one flush is fixed, each group sorted by host name or CIDR:
 
 The managers batch everything until `apply()`, so the order is not needed for correctness; it makes
 the message stream readable and two runs comparable.
+
+`snapshot()` repeats everything flushed so far as updates, for a consumer that starts from nothing
+(a WireGuard manager re-created after a configuration change).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from meshcrypt.model.messages import (
     WireguardEndpointV6Remove,
     WireguardEndpointV6Update,
 )
-from meshcrypt.model.net import CIDR, IPAddress
+from meshcrypt.model.net import CIDR, IPFamily
 from meshcrypt.model.resources import (
     IPAMBlockResource,
     IPPoolResource,
@@ -80,10 +83,6 @@ def _record(sent: dict[_K, _M], key: _K, desired: _M | None) -> bool:
 
 def _cidr_order(cidr: CIDR) -> tuple[int, int, int]:
     return (cidr.version, int(cidr.network_address), cidr.prefixlen)
-
-
-def _node_ips(node: NodeResource | None) -> tuple[IPAddress | None, IPAddress | None]:
-    return (hosts.node_ip(node, hosts.V4), hosts.node_ip(node, hosts.V6))
 
 
 @dataclass(slots=True)
@@ -119,6 +118,7 @@ class Calculator:
     def __init__(self, hostname: str) -> None:
         self.hostname = hostname
         self._nodes: dict[str, NodeResource] = {}
+        self._node_ips: dict[str, tuple[str, str]] = {}  # plain IPv4, IPv6 address of each node
         self._weps: dict[str, WorkloadEndpointResource] = {}
         self._pools: dict[str, IPPoolResource] = {}
         self._pool_blocks: dict[str, int] = {}  # pool name -> affine blocks inside it
@@ -140,16 +140,19 @@ class Calculator:
         old = self._nodes.get(name)
         if node == old:
             return
+        old_ips = self._node_ips.get(name, ("", ""))
         if node is None:
             del self._nodes[name]
+            del self._node_ips[name]
         else:
             self._nodes[name] = node
+            self._node_ips[name] = hosts.node_ips(node)
         self._dirty_nodes.add(name)
         host = NO_CIDRS if node is None else hosts.host_cidrs(node)
         tunnel = NO_CIDRS if node is None else hosts.tunnel_cidrs(node)
-        self._dirty_routes |= self._sources.set((SourceKind.HOST, name), name, host)
-        self._dirty_routes |= self._sources.set((SourceKind.TUNNEL, name), name, tunnel)
-        if _node_ips(old) != _node_ips(node):
+        self._sources.set((SourceKind.HOST, name), name, host, self._dirty_routes)
+        self._sources.set((SourceKind.TUNNEL, name), name, tunnel, self._dirty_routes)
+        if self._node_ips.get(name, ("", "")) != old_ips:
             # `dst_node_ip` of every route naming this node.
             self._dirty_routes.update(self._sources.naming(name))
 
@@ -170,7 +173,7 @@ class Calculator:
             self._count_pool_blocks(new[0], +1)
             self._dirty_routes.update(self._workload_cidrs.inside(new[0]))
         node, cidrs = ("", NO_CIDRS) if new is None else (new[1], frozenset((new[0],)))
-        self._dirty_routes |= self._sources.set((SourceKind.BLOCK, cidr_key), node, cidrs)
+        self._sources.set((SourceKind.BLOCK, cidr_key), node, cidrs, self._dirty_routes)
 
     def on_pool(self, name: str, pool: IPPoolResource | None) -> None:
         old = self._pools.get(name)
@@ -185,7 +188,7 @@ class Calculator:
             if old is None or old.cidr != pool.cidr:
                 self._pool_blocks[name] = self._blocks.count_inside(pool.cidr)
             cidrs = frozenset((pool.cidr,))
-        self._dirty_routes |= self._sources.set((SourceKind.POOL, name), "", cidrs)
+        self._sources.set((SourceKind.POOL, name), "", cidrs, self._dirty_routes)
 
     def on_workload(self, key: str, wep: WorkloadEndpointResource | None) -> None:
         old = self._weps.get(key)
@@ -202,7 +205,7 @@ class Calculator:
         for cidr in old_cidrs - new_cidrs:
             self._workload_cidrs.discard(cidr)
         node = "" if wep is None else wep.node
-        self._dirty_routes |= self._sources.set((SourceKind.WORKLOAD, key), node, new_cidrs)
+        self._sources.set((SourceKind.WORKLOAD, key), node, new_cidrs, self._dirty_routes)
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -224,6 +227,25 @@ class Calculator:
         if messages and log.isEnabledFor(logging.DEBUG):
             log.debug("Flush: %s", batch.summary())
         return messages
+
+    def snapshot(self) -> list[DataplaneMessage]:
+        """Everything sent by the flushes so far, as updates, in flush order.
+
+        For a consumer that starts from nothing, such as a WireGuard manager re-created after a
+        configuration change. Changes not yet flushed are not included.
+        """
+        batch = _Batch()
+        for name in sorted(self._sent_hosts.keys() | self._sent_v4.keys() | self._sent_v6.keys()):
+            if (host := self._sent_hosts.get(name)) is not None:
+                batch.metadata.append(host)
+            if (v4 := self._sent_v4.get(name)) is not None:
+                batch.endpoints.append(v4)
+            if (v6 := self._sent_v6.get(name)) is not None:
+                batch.endpoints.append(v6)
+        batch.routes.extend(
+            self._sent_routes[cidr] for cidr in sorted(self._sent_routes, key=_cidr_order)
+        )
+        return batch.messages()
 
     def _flush_node(self, name: str, batch: _Batch) -> None:
         node = self._nodes.get(name)
@@ -259,8 +281,10 @@ class Calculator:
         return self._pool_blocks.get(name, 0) == 0
 
     def _node_ip(self, name: str, version: int) -> str:
-        ip = hosts.node_ip(self._nodes.get(name), version)
-        return "" if ip is None else str(ip)
+        ips = self._node_ips.get(name)
+        if ips is None:
+            return ""
+        return ips[0] if version == IPFamily.V4 else ips[1]
 
     def _count_pool_blocks(self, block: CIDR, delta: int) -> None:
         """Count a block in or out of every pool holding it; a pool's CIDR_INFO route appears

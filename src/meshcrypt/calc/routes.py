@@ -20,7 +20,7 @@ one host address). Its RouteUpdate then carries:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from meshcrypt.model.messages import RouteType, RouteUpdate
 from meshcrypt.model.net import CIDR
@@ -40,81 +40,86 @@ SourceId = tuple[SourceKind, str]
 """A source: its kind and the key of its resource (pool name, block key, endpoint key, node name)."""
 
 NO_CIDRS: frozenset[CIDR] = frozenset()
+_NO_SOURCES: Mapping[SourceId, str] = {}
 
-_BITS: dict[SourceKind, tuple[RouteType, RouteType]] = {
+_BITS: dict[SourceKind, tuple[int, int]] = {
     # kind: (bit when the source names this host, bit when it names another node)
-    SourceKind.POOL: (RouteType.CIDR_INFO, RouteType.CIDR_INFO),
-    SourceKind.BLOCK: (RouteType.LOCAL_WORKLOAD, RouteType.REMOTE_WORKLOAD),
-    SourceKind.WORKLOAD: (RouteType.LOCAL_WORKLOAD, RouteType.REMOTE_WORKLOAD),
-    SourceKind.TUNNEL: (RouteType.LOCAL_TUNNEL, RouteType.REMOTE_TUNNEL),
-    SourceKind.HOST: (RouteType.LOCAL_HOST, RouteType.REMOTE_HOST),
+    SourceKind.POOL: (RouteType.CIDR_INFO.value, RouteType.CIDR_INFO.value),
+    SourceKind.BLOCK: (RouteType.LOCAL_WORKLOAD.value, RouteType.REMOTE_WORKLOAD.value),
+    SourceKind.WORKLOAD: (RouteType.LOCAL_WORKLOAD.value, RouteType.REMOTE_WORKLOAD.value),
+    SourceKind.TUNNEL: (RouteType.LOCAL_TUNNEL.value, RouteType.REMOTE_TUNNEL.value),
+    SourceKind.HOST: (RouteType.LOCAL_HOST.value, RouteType.REMOTE_HOST.value),
 }
 
 
 class RouteSources:
-    """Which sources ask for which CIDRs, and which CIDRs name which node.
+    """Which sources ask for which CIDRs, and which sources name which node.
 
-    Each source replaces its whole set of CIDRs at once (`set`); the answer is the CIDRs whose
-    sources changed, so the caller re-resolves only those. The cost is proportional to the source's
-    own CIDRs, never to the size of the table.
+    Each source replaces its whole set of CIDRs at once (`set`), adding the CIDRs whose sources
+    changed to the caller's dirty set, so the caller re-resolves only those. The cost is
+    proportional to the source's own CIDRs, never to the size of the table.
     """
 
     def __init__(self) -> None:
         self._at: dict[CIDR, dict[SourceId, str]] = {}
         self._owned: dict[SourceId, tuple[str, frozenset[CIDR]]] = {}
-        # node -> CIDRs with a source naming it, counted per source; a change of the node's address
-        # changes `dst_node_ip` of exactly these.
-        self._node_refs: dict[str, dict[CIDR, int]] = {}
+        # node -> the sources naming it; a change of the node's address changes `dst_node_ip` of
+        # exactly their CIDRs.
+        self._naming: dict[str, set[SourceId]] = {}
 
-    def set(self, source: SourceId, node: str, cidrs: frozenset[CIDR]) -> set[CIDR]:
-        """Make `source` ask for exactly `cidrs` on behalf of `node` ("" for none).
-
-        Returns the CIDRs whose set of sources changed.
-        """
-        old_node, old_cidrs = self._owned.get(source, (node, NO_CIDRS))
-        if old_node == node and old_cidrs == cidrs:
-            return set()
+    def set(self, source: SourceId, node: str, cidrs: frozenset[CIDR], dirty: set[CIDR]) -> None:
+        """Make `source` ask for exactly `cidrs` on behalf of `node` ("" for none), and add the
+        CIDRs whose set of sources changed to `dirty`."""
+        old_node, old_cidrs = self._owned.get(source, ("", NO_CIDRS))
         if old_node == node:
+            if old_cidrs == cidrs:
+                return
             gone, added = old_cidrs - cidrs, cidrs - old_cidrs
         else:
-            gone, added = old_cidrs, cidrs
+            gone, added = old_cidrs, cidrs  # every CIDR changes its node: re-add them all
         for cidr in gone:
-            self._drop(source, old_node, cidr)
+            self._drop(source, cidr)
         for cidr in added:
             self._add(source, node, cidr)
-        if cidrs:
-            self._owned[source] = (node, cidrs)
-        else:
+        dirty.update(gone)
+        dirty.update(added)
+        if old_node and (old_node != node or not cidrs):
+            self._unlink(old_node, source)
+        if not cidrs:
             self._owned.pop(source, None)
-        return set(gone | added)
+            return
+        self._owned[source] = (node, cidrs)
+        if node and old_node != node:
+            self._naming.setdefault(node, set()).add(source)
 
     def at(self, cidr: CIDR) -> Mapping[SourceId, str]:
         """The sources of one CIDR, each with the node it names."""
-        return self._at.get(cidr, {})
+        return self._at.get(cidr, _NO_SOURCES)
 
-    def naming(self, node: str) -> Iterable[CIDR]:
+    def naming(self, node: str) -> Iterator[CIDR]:
         """The CIDRs that have a source naming `node`."""
-        return self._node_refs.get(node, {}).keys()
+        for source in self._naming.get(node, ()):
+            yield from self._owned[source][1]
 
     def _add(self, source: SourceId, node: str, cidr: CIDR) -> None:
-        self._at.setdefault(cidr, {})[source] = node
-        if node:
-            refs = self._node_refs.setdefault(node, {})
-            refs[cidr] = refs.get(cidr, 0) + 1
+        sources = self._at.get(cidr)
+        if sources is None:
+            self._at[cidr] = {source: node}
+        else:
+            sources[source] = node
 
-    def _drop(self, source: SourceId, node: str, cidr: CIDR) -> None:
+    def _drop(self, source: SourceId, cidr: CIDR) -> None:
         sources = self._at[cidr]
         del sources[source]
         if not sources:
             del self._at[cidr]
-        if node:
-            refs = self._node_refs[node]
-            if refs[cidr] == 1:
-                del refs[cidr]
-                if not refs:
-                    del self._node_refs[node]
-            else:
-                refs[cidr] -= 1
+
+    def _unlink(self, node: str, source: SourceId) -> None:
+        sources = self._naming.get(node)
+        if sources is not None:
+            sources.discard(source)
+            if not sources:
+                del self._naming[node]
 
 
 def resolve_route(
@@ -132,14 +137,14 @@ def resolve_route(
     `block_owner(cidr)` names the node of the affine block holding `cidr`; `node_ip(node, version)`
     gives a node's plain address of a family, or "".
     """
-    types = RouteType.CIDR_INFO
+    bits = 0  # an int while combining: IntFlag arithmetic costs a Python call per operation
     best: tuple[int, str, str] | None = None
     borrowed = tunnel = False
     for (kind, key), node in sources.items():
         if kind is SourceKind.POOL and not pool_active(key):
             continue
         local_bit, remote_bit = _BITS[kind]
-        types |= local_bit if node == hostname else remote_bit
+        bits |= local_bit if node == hostname else remote_bit
         rank = (-kind, node, key)
         if best is None or rank < best:
             best = rank
@@ -153,7 +158,7 @@ def resolve_route(
     dst_node = best[1]
     return RouteUpdate(
         dst=str(cidr),
-        types=types,
+        types=RouteType(bits),
         dst_node_name=dst_node,
         dst_node_ip=node_ip(dst_node, cidr.version) if dst_node else "",
         borrowed=borrowed,

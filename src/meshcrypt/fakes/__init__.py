@@ -6,6 +6,7 @@ operation counts are read from `kernel.counters`. A caller bug raises `Invariant
 """
 
 from meshcrypt.fakes.clock import FakeClock
+from meshcrypt.fakes.datastore import DatastoreOp, FakeDatastore
 from meshcrypt.fakes.faults import Faults, Op
 from meshcrypt.fakes.invariants import InvariantViolation
 from meshcrypt.fakes.kernel import KEEP, Counters, FakeKernel, default_rules
@@ -16,7 +17,9 @@ from meshcrypt.fakes.wireguard import FakeWireguard
 __all__ = [
     "KEEP",
     "Counters",
+    "DatastoreOp",
     "FakeClock",
+    "FakeDatastore",
     "FakeKernel",
     "FakeNetlink",
     "FakeSysfs",

@@ -407,3 +407,20 @@ def test_output_does_not_depend_on_event_order() -> None:
         outputs.append(calc.flush())
     assert len(outputs[0]) == 16  # 2 hosts, 3 endpoints, 11 routes
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_snapshot_is_what_was_flushed_in_flush_order(calc: Calculator) -> None:
+    calc.on_node("n1", N1)
+    calc.on_node("n2", N2)
+    calc.on_block("b1", block("10.65.1.0/26", "n1"))
+    first = calc.flush()
+    assert calc.snapshot() == first
+    calc.on_node("n2", None)
+    calc.flush()
+    calc.on_block("b9", block("10.65.9.0/26", "n1"))  # not flushed yet: not in the snapshot
+    snapshot = calc.snapshot()
+    assert snapshot == [
+        m
+        for m in first
+        if getattr(m, "hostname", "n1") == "n1" and getattr(m, "dst_node_name", "n1") == "n1"
+    ]

@@ -1,0 +1,1 @@
+"""IPAM block claims, tunnel addresses, node registration, key publication and IP autodetection."""
