@@ -1,14 +1,24 @@
-"""The `meshcrypt` command: argument parsing and dispatch.
+"""The `meshcrypt` command: argument parsing and dispatch to one module per subcommand.
 
-Only `--version` and `--help` exist so far; each subcommand arrives with the issue that builds it.
+Each subcommand lives in its own module under `meshcrypt.cli` with a `register(subparsers)` function
+that adds its parser and sets `run=<function(args) -> int>` as a default. Heavy layers are imported
+inside the run functions, so `meshcrypt --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
 
 from meshcrypt import __version__
+
+# The modules that each add one subcommand (meshcrypt.cli.<name>), in `--help` order.
+COMMAND_MODULES = ("agent",)
+
+Runner = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +30,37 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging threshold (default INFO)",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"meshcrypt.cli.{name}")
+        module.register(subparsers)
     return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: sys.argv[1:]) and return the exit status."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    run: Runner | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 0
+    configure_logging(args.log_level)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Operator tools: status, doctor, configuration and node listings."""
