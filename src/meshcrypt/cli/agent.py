@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from meshcrypt.cli import Subparsers
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "agent",
         help="run the node agent (configured by NODENAME, ETCD_ENDPOINTS, IP, IP6, FELIX_*)",
