@@ -44,8 +44,11 @@ def _b64(text: str) -> str:
 class EtcdServer:
     """One single-member etcd cluster on loopback."""
 
-    def __init__(self, data_dir: Path, name: str = "mctest") -> None:
+    def __init__(
+        self, data_dir: Path, name: str = "mctest", extra_client_hosts: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
+        self.extra_client_hosts = extra_client_hosts
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -71,7 +74,8 @@ class EtcdServer:
         etcd = shutil.which("etcd")
         if etcd is None:
             raise RuntimeError("etcd is not on PATH (Debian package etcd-server)")
-        client = f"http://127.0.0.1:{self.client_port}"
+        clients = [f"http://{h}:{self.client_port}" for h in ("127.0.0.1", *self.extra_client_hosts)]
+        client = ",".join(clients)
         peer = f"http://127.0.0.1:{self.peer_port}"
         cmd = [
             etcd,
@@ -167,11 +171,15 @@ class EtcdServer:
 
 
 @contextlib.contextmanager
-def running_etcd(tmp_path: Path, name: str = "etcd") -> Iterator[EtcdServer]:
-    """An etcd server for the duration of the block, stopped afterwards whatever happens."""
+def running_etcd(
+    tmp_path: Path, name: str = "etcd", extra_client_hosts: tuple[str, ...] = ()
+) -> Iterator[EtcdServer]:
+    """An etcd server for the duration of the block, stopped afterwards whatever happens.
+
+    `extra_client_hosts`: further addresses to serve clients on (e.g. a test bridge's address)."""
     data_dir = tmp_path / name
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    server = EtcdServer(data_dir)
+    server = EtcdServer(data_dir, extra_client_hosts=extra_client_hosts)
     try:
         server.start()
         yield server

@@ -25,7 +25,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRIVATE_DIRS = ("/run/wireguard",)
+# wireguard-go's sockets, and the agent's state (wireguard-go PID files) at its default place.
+DEFAULT_PRIVATE_DIRS = ("/run/wireguard", "/run/meshcrypt")
 _READY_TIMEOUT = 5.0
 _POLL = 0.01
 

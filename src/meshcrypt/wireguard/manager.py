@@ -154,6 +154,17 @@ class WireguardManager:
         return self._cache.nodes
 
     @property
+    def shared_key_nodes(self) -> list[str]:
+        """Remote nodes not programmed because another node publishes the same key."""
+        return sorted(
+            name
+            for name, node in self._cache.nodes.items()
+            if name != self.hostname
+            and not node.public_key.is_zero
+            and len(self._cache.owners(node.public_key)) > 1
+        )
+
+    @property
     def interface_address(self) -> IPAddress | None:
         return self._iface_addr
 

@@ -1,0 +1,386 @@
+"""The agent's main loop: one asyncio loop, one writer of the dataplane.
+
+::
+
+    etcd ──Syncer──► ClusterView ──► Calculator            LinkMonitor ──► link events
+                      (decode,         │ flush()                               │
+                       config layers)  ▼                                       ▼
+                                   dataplane task: dispatch → Dataplane.apply() in the dataplane
+                                   thread; retry with backoff; resync every RouteRefreshInterval
+                                        │ keys reported by the managers
+                                        ▼
+                                   status task: register the Node, claim blocks, publish keys,
+                                   tunnel addresses (etcd I/O; never delays the dataplane)
+
+Producers (the syncer's callbacks, the link monitor, timers) only record what changed and wake a
+task. The dataplane task drains everything recorded so far as one batch: the calculator's flush goes
+to the managers, then one `apply()`. An error leaves the work queued (the managers keep their dirty
+state) and the task retries after 0.1 s, doubling up to 30 s. The status task does the datastore
+writes in its own time, so an etcd outage never holds up the kernel — traffic keeps flowing with the
+last known state — and its own failures are retried the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv6Interface
+
+from meshcrypt.adapters.backend import Backend
+from meshcrypt.agent.agent_metrics import AgentMetrics
+from meshcrypt.agent.cluster import ClusterView
+from meshcrypt.agent.dataplane import FAMILIES, Dataplane, MtuSource, no_mtu_detection
+from meshcrypt.calc.calculator import Calculator
+from meshcrypt.datastore import ipam, registration
+from meshcrypt.datastore.node_status import KeyPublisher, normalise_public_key
+from meshcrypt.datastore.syncer import Backoff, Snapshot, Syncer
+from meshcrypt.model.config import FelixConfig
+from meshcrypt.model.errors import ConfigError, MeshcryptError
+from meshcrypt.model.keys import Key
+from meshcrypt.model.net import IPFamily
+from meshcrypt.ports import Datastore, EventKind, KeyValue, Sysfs, WatchEvent
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL = 0.1
+RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddresses:
+    """The node's own addresses to register (None: leave the stored value alone)."""
+
+    ipv4: IPv4Interface | None = None
+    ipv6: IPv6Interface | None = None
+
+
+@dataclass(slots=True)
+class _Retry:
+    """When a failed job may run again."""
+
+    backoff: Backoff = field(default_factory=lambda: Backoff(RETRY_INITIAL, RETRY_MAX))
+    at: float | None = None
+
+    def failed(self, now: float) -> float:
+        delay = self.backoff.next_delay()
+        self.at = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.backoff.reset()
+        self.at = None
+
+
+class Agent:
+    """Wires the syncer, the calculation, the dataplane and the status writes together."""
+
+    def __init__(
+        self,
+        nodename: str,
+        datastore: Datastore,
+        backend: Backend,
+        sysfs: Sysfs,
+        *,
+        addresses: Callable[[], NodeAddresses],
+        env_layer: dict[str, object],
+        mtu_source: MtuSource = no_mtu_detection,
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.nodename = nodename
+        self._datastore = datastore
+        self.dataplane = Dataplane(nodename, backend, sysfs, self._on_key, mtu_source)
+        self._addresses = addresses
+        self._clock = clock
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self.calc = Calculator(nodename)
+        self.cluster = ClusterView(nodename, env_layer, self.calc)
+        self.syncer = Syncer(datastore, self._on_snapshot, self._on_event)
+        self.publisher = KeyPublisher(datastore, nodename)
+        self.config: FelixConfig | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+        self._stop = asyncio.Event()
+        self._dataplane_wake = asyncio.Event()
+        self._status_wake = asyncio.Event()
+        self._link_events: list[tuple[str, int, bool, bool]] = []
+        self._full_resync_pending = True
+        self._first_change_at: float | None = None
+        self._dataplane_retry = _Retry()
+        self._status_retry = _Retry()
+        self._keys: dict[IPFamily, str] = {}  # the key each manager reported last ("" = none)
+        self._registered = False
+        self._tunnels_dirty = True
+        self._blocks_dirty = True
+        self.applied_once = False
+        self.last_apply_ok = False
+        self.on_config_change: list[Callable[[FelixConfig], None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until `stop()`. The dataplane is left as it is (traffic keeps flowing)."""
+        self._loop = asyncio.get_running_loop()
+        tasks = [
+            asyncio.create_task(self.syncer.run(), name="syncer"),
+            asyncio.create_task(self._dataplane_task(), name="dataplane"),
+            asyncio.create_task(self._status_task(), name="status"),
+        ]
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]  # a bug: surface it
+        finally:
+            self.syncer.stop()
+            for task in [*tasks, stop]:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.syncer.synced.is_set() and self.last_apply_ok
+
+    # -- producers ----------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._first_change_at is None:
+            self._first_change_at = self._clock()
+        self._dataplane_wake.set()
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        for kv in snapshot.changed:
+            self.cluster.upsert(kv)
+        for key in snapshot.removed:
+            self.cluster.delete(key)
+        log.info(
+            "Datastore snapshot at revision %d: %d keys (%d changed, %d removed)",
+            snapshot.revision,
+            len(snapshot.kvs),
+            len(snapshot.changed),
+            len(snapshot.removed),
+        )
+        if not snapshot.first:
+            # After an outage, check the kernel too: it may have been changed meanwhile.
+            self._full_resync_pending = True
+        self._after_datastore_change()
+
+    def _on_event(self, event: WatchEvent) -> None:
+        if event.kind is EventKind.PUT:
+            self.cluster.upsert(KeyValue(event.key, event.value, event.mod_revision, 0))
+        else:
+            self.cluster.delete(event.key)
+        self._after_datastore_change()
+
+    def _after_datastore_change(self) -> None:
+        cluster = self.cluster
+        if cluster.pools_changed:
+            cluster.pools_changed = False
+            self._blocks_dirty = self._tunnels_dirty = True
+            self._status_wake.set()
+        if cluster.own_node_changed:
+            cluster.own_node_changed = False
+            self._own_node_changed()
+        self._changed()
+
+    def on_link_event(self, name: str, ifindex: int, up: bool, present: bool) -> None:
+        self._link_events.append((name, ifindex, up, present))
+        self._dataplane_wake.set()
+
+    def on_link_events_lost(self) -> None:
+        """The link monitor overflowed: re-read everything at the next apply."""
+        self._full_resync_pending = True
+        self._dataplane_wake.set()
+
+    def _own_node_changed(self) -> None:
+        node = self.cluster.own_node
+        if node is None:
+            if self._registered:
+                log.warning(
+                    "Node %s was deleted from the datastore; registering it again", self.nodename
+                )
+                self._registered = False
+                self._blocks_dirty = True
+            self._status_wake.set()
+            return
+        for family, published in (
+            (IPFamily.V4, node.public_key),
+            (IPFamily.V6, node.public_key_v6),
+        ):
+            wanted = self._keys.get(family)
+            if wanted is not None and normalise_public_key(published) != wanted:
+                log.warning(
+                    "The %s public key of node %s in the datastore is %r, not ours; restoring it",
+                    family.label,
+                    self.nodename,
+                    normalise_public_key(published),
+                )
+                self.publisher.request(family, wanted)
+        self._tunnels_dirty = True
+        self._status_wake.set()
+
+    def _on_key(self, family: IPFamily, key: Key) -> None:
+        # Called by a manager during apply, in the dataplane thread: hand over to the loop.
+        self._loop.call_soon_threadsafe(self._key_reported, family, normalise_public_key(key))
+
+    def _key_reported(self, family: IPFamily, text: str) -> None:
+        if self._keys.get(family) != text:
+            log.info("%s public key of this node is now %r", family.label, text)
+        self._keys[family] = text
+        self.publisher.request(family, text)
+        self._tunnels_dirty = True
+        self._status_wake.set()
+
+    # -- the dataplane task -------------------------------------------------------------------
+
+    async def _dataplane_task(self) -> None:
+        await self.syncer.synced.wait()
+        while True:
+            await self._wait(self._dataplane_wake, self._dataplane_deadline())
+            self._dataplane_wake.clear()
+            await self._dataplane_round()
+
+    def _dataplane_deadline(self) -> float | None:
+        deadlines = [self._resync_at] if self.config is not None else []
+        if self._dataplane_retry.at is not None:
+            deadlines.append(self._dataplane_retry.at)
+        return min(deadlines) if deadlines else None
+
+    async def _wait(self, event: asyncio.Event, deadline: float | None) -> None:
+        timeout = None if deadline is None else max(0.0, deadline - self._clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _dataplane_round(self) -> None:
+        now = self._clock()
+        if self._dataplane_retry.at is not None and now < self._dataplane_retry.at:
+            return  # woken by new work while backing off: it waits for the retry
+        self._reconfigure_if_needed()
+        if self.config is None:
+            return
+        messages = self.calc.flush()
+        rebuilt = self._rebuilt
+        self._rebuilt = []
+        if rebuilt:
+            self.dataplane.dispatch_to([f for f in FAMILIES if f not in rebuilt], messages)
+            self.dataplane.dispatch_to(rebuilt, self.calc.snapshot())
+        else:
+            self.dataplane.dispatch(messages)
+        events, self._link_events = self._link_events, []
+        for event in events:
+            self.dataplane.on_link_event(*event)
+        full = self._full_resync_pending or now >= self._resync_at
+        if full:
+            self._full_resync_pending = False
+            self._resync_at = now + self.config.route_refresh_interval
+            self.dataplane.queue_resync()
+        started = self._clock()
+        try:
+            await self._loop.run_in_executor(self._executor, self.dataplane.apply)
+        except MeshcryptError as exc:
+            self.last_apply_ok = False
+            delay = self._dataplane_retry.failed(self._clock())
+            log.warning("Programming the dataplane failed (%s); retrying in %.1f s", exc, delay)
+            self._full_resync_pending = self._full_resync_pending or full
+            return
+        finished = self._clock()
+        self._dataplane_retry.succeeded()
+        self.last_apply_ok = self.applied_once = True
+        if full:
+            self.metrics.full_resync.observe(finished - started)
+        if self._first_change_at is not None:
+            self.metrics.event_to_programmed.observe(finished - self._first_change_at)
+            self._first_change_at = None
+        self.metrics.update_from(self.dataplane, self.cluster)
+
+    def _reconfigure_if_needed(self) -> None:
+        if not self.cluster.config_changed and self.config is not None:
+            return
+        self.cluster.config_changed = False
+        try:
+            config = self.cluster.felix_config()
+        except (ConfigError, ValueError) as exc:
+            log.error("The configuration layers do not combine (%s); keeping the previous one", exc)
+            if self.config is not None:
+                return
+            config = FelixConfig()
+        if config == self.config:
+            return
+        first = self.config is None
+        self.config = config
+        self._rebuilt = self.dataplane.configure(config)
+        if first:
+            self._resync_at = self._clock() + config.route_refresh_interval
+        self._tunnels_dirty = self._blocks_dirty = True
+        self._status_wake.set()
+        for callback in self.on_config_change:
+            callback(config)
+
+    _rebuilt: list[IPFamily] = []  # noqa: RUF012 - set per instance in _reconfigure_if_needed
+    _resync_at: float = 0.0
+    _loop: asyncio.AbstractEventLoop
+
+    # -- the status task ----------------------------------------------------------------------
+
+    async def _status_task(self) -> None:
+        while True:
+            await self._wait(self._status_wake, self._status_retry.at)
+            self._status_wake.clear()
+            if self._status_retry.at is not None and self._clock() < self._status_retry.at:
+                continue
+            try:
+                await self._status_round()
+            except MeshcryptError as exc:
+                delay = self._status_retry.failed(self._clock())
+                log.warning("Datastore update failed (%s); retrying in %.1f s", exc, delay)
+                self._status_wake.set()
+            else:
+                self._status_retry.succeeded()
+
+    async def _status_round(self) -> None:
+        if not self._registered:
+            addresses = await asyncio.get_running_loop().run_in_executor(None, self._addresses)
+            await registration.ensure_node(
+                self._datastore, self.nodename, addresses.ipv4, addresses.ipv6
+            )
+            self._registered = True
+        if not self.syncer.synced.is_set() or self.config is None:
+            return  # pools and configuration are not known yet
+        if self._blocks_dirty:
+            pools = list(self.cluster.pools.values())
+            for family in FAMILIES:
+                if ipam.usable_pools(pools, family):
+                    block = await ipam.claim_block(self._datastore, self.nodename, family, pools)
+                    if block is not None:
+                        log.debug("Node %s has %s block %s", self.nodename, family.label, block)
+            self._blocks_dirty = False
+        if self.publisher.pending:
+            await self.publisher.publish_pending()
+            self._tunnels_dirty = True
+        if self._tunnels_dirty and self.config is not None:
+            await self._reconcile_tunnels(self.config)
+            self._tunnels_dirty = False
+
+    async def _reconcile_tunnels(self, config: FelixConfig) -> None:
+        pools = list(self.cluster.pools.values())
+        for family in FAMILIES:
+            family_config = config.for_family(family)
+            await registration.reconcile_tunnel_address(
+                self._datastore,
+                self.nodename,
+                family,
+                wireguard_enabled=family_config.enabled,
+                host_encryption=family_config.host_encryption,
+                pools=pools,
+            )
