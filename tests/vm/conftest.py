@@ -1,13 +1,12 @@
 """Fixtures for tests that run inside a virtme-ng VM whose kernel has the WireGuard module.
 
-The tests in this directory come in two kinds:
+`scripts/vm-run` boots the VM and sets MESHCRYPT_IN_VM=1 inside it; the VM stage of `./dev test` runs
+`scripts/vm-run --pytest tests/vm -m vm --fail-on-skip`, one boot for every test here. Tests request
+`vm_kernel` (directly or through `ns_pair`): on the host they are skipped; in the VM anything missing
+is a failure, not a skip.
 
-* in-VM tests request `vm_kernel` (directly or through `wg_pair`). On the host they are skipped; in
-  the VM (`scripts/vm-run` sets MESHCRYPT_IN_VM=1) anything missing is a failure, not a skip.
-* `test_vm_suite.py` is the launcher: on the host it boots one VM and runs every test of this
-  directory inside it, so a plain `pytest` (or `./dev test`) covers them with a single boot.
-
-A new kernel-level test only has to live here and request `vm_kernel` or `wg_pair`.
+A new kernel-level test only has to live here, carry the `vm` marker and request `vm_kernel` or
+`ns_pair`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from .vmnodes import IN_VM, VM_TOOLS, VmNode, run
 def vm_kernel() -> None:
     """Inside the VM: the WireGuard module is loaded. On the host: skip."""
     if not IN_VM:
-        pytest.skip("runs inside the VM, launched by tests/vm/test_vm_suite.py or scripts/vm-run")
+        pytest.skip("runs inside the VM: scripts/vm-run --pytest tests/vm -m vm")
     missing = [tool for tool in VM_TOOLS if shutil.which(tool) is None]
     assert not missing, f"missing in the VM: {missing}"
     assert os.geteuid() == 0, "the VM runs tests as root"

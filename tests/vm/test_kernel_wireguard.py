@@ -156,11 +156,9 @@ def wide_peer(count: int, first: str, keepalive: int) -> PeerConfig:
     )
 
 
-@pytest.mark.parametrize("count", [300, 1000])
-def test_hundreds_of_peers_in_one_call_are_all_read_back(
-    wg_pair: tuple[WgNode, WgNode], count: int
-) -> None:
+def test_hundreds_of_peers_in_one_call_are_all_read_back(wg_pair: tuple[WgNode, WgNode]) -> None:
     a, b = wg_pair
+    count = 300  # 5 SET_DEVICE messages and a multi-part dump; more peers only take longer
     connect(a, b)
     wide = wide_peer(300, "100.96.0.0", keepalive=10)
     # Too big for one message: its allowed IPs are split, REPLACE_ALLOWEDIPS on the first piece only.
