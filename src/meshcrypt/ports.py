@@ -59,6 +59,14 @@ class Netlink(Protocol):
     def close(self) -> None: ...
 
 
+class LinkLister(Protocol):
+    """Every link of one network namespace (for MTU auto-detection, `meshcrypt.wireguard.mtu`)."""
+
+    def links(self) -> list[Link]:
+        """Name, index, kind, MTU, admin and operational state of every link, in index order."""
+        ...
+
+
 class WireguardDevices(Protocol):
     """The WireGuard configuration interface (kernel generic netlink or wireguard-go UAPI)."""
 

@@ -152,6 +152,14 @@ class RtNetlink:
             return None
         return found[0] if found else None
 
+    def links(self) -> list[Link]:
+        """Every link of the namespace in index order (`ports.LinkLister`)."""
+        what = "list links"
+        found = self._dump(
+            rt.RTM_GETLINK, rt.link_dump_body(), what, rt.RTM_NEWLINK, rt.decode_link
+        )
+        return sorted(found, key=lambda link: link.index)
+
     def link_add_wireguard(self, name: str, mtu: int) -> None:
         body = rt.link_new_of_kind(name, "wireguard", mtu)
         flags = rt.NLM_F_CREATE | rt.NLM_F_EXCL

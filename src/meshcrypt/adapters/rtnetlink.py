@@ -221,6 +221,11 @@ def link_get_by_name(name: str) -> bytes:
     )
 
 
+def link_dump_body() -> bytes:
+    """RTM_GETLINK dump body for every link, without the statistics blocks."""
+    return ifinfomsg() + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+
+
 def link_new_of_kind(name: str, kind: str, mtu: int) -> bytes:
     """RTM_NEWLINK body creating link `name` of `kind` (mtu 0: the driver's default)."""
     body = ifinfomsg() + attr_str(IFLA_IFNAME, name)
