@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -39,13 +40,15 @@ def run(*cmd: str, check: bool = True) -> str:
     return res.stdout
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, poll: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` and the last value."""
+def wait_for(
+    what: str, check: Callable[..., Any], *args: Any, timeout: float = 30.0, poll: float = 0.2
+) -> Any:
+    """Poll `check(*args)` until it returns something truthy; fail naming `what` and the last value."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         try:
-            last = check()
+            last = check(*args)
         except Exception as exc:
             last = exc
         if last and not isinstance(last, Exception):
@@ -74,6 +77,7 @@ class AgentNode:
     log_path: Path
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    log_level: str = os.environ.get("MESHCRYPT_TEST_LOG_LEVEL", "INFO")
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "agent already running"
@@ -84,6 +88,8 @@ class AgentNode:
                 sys.executable,
                 "-m",
                 "meshcrypt",
+                "--log-level",
+                self.log_level,
                 "agent",
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -120,7 +126,11 @@ class AgentNode:
         """Public key -> {endpoint, allowed_ips (set), keepalive} from `wg show dump`."""
         rows = self.wg_dump(iface)[1:]
         return {
-            r[0]: {"endpoint": r[2], "allowed_ips": set(r[3].split(",")) - {"(none)"}, "keepalive": r[7]}
+            r[0]: {
+                "endpoint": r[2],
+                "allowed_ips": set(r[3].split(",")) - {"(none)"},
+                "keepalive": r[7],
+            }
             for r in rows
         }
 
@@ -130,10 +140,12 @@ class AgentNode:
 
     def routes(self, table: int = 1, family: str = "-4") -> list[dict[str, Any]]:
         out = self.sim.run("ip", "-j", family, "route", "show", "table", str(table), check=False)
-        return json.loads(out) if out.strip() else []
+        found: list[dict[str, Any]] = json.loads(out) if out.strip() else []
+        return found
 
     def rules(self, family: str = "-4") -> list[dict[str, Any]]:
-        return json.loads(self.sim.run("ip", "-j", family, "rule", "show"))
+        found: list[dict[str, Any]] = json.loads(self.sim.run("ip", "-j", family, "rule", "show"))
+        return found
 
 
 @dataclass(eq=False)
@@ -179,7 +191,19 @@ class Cluster:
         """eth0 into the bridge with 192.168.<net>.<10+index>/24 and a default route; the address."""
         host_end = f"v{self.net}{name}"[:15]
         address = f"192.168.{self.net}.{10 + index}"
-        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", sim.netns)
+        run(
+            "ip",
+            "link",
+            "add",
+            host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            sim.netns,
+        )
         run("ip", "link", "set", host_end, "master", self.bridge, "up")
         sim.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
         sim.run("ip", "link", "set", "eth0", "up")
@@ -194,7 +218,9 @@ class Cluster:
 
         body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
         req = urllib.request.Request(
-            f"{self.etcd.endpoint}/v3/kv/range", data=body, headers={"Content-Type": "application/json"}
+            f"{self.etcd.endpoint}/v3/kv/range",
+            data=body,
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             kvs = json.loads(resp.read()).get("kvs", [])
@@ -233,7 +259,9 @@ class Cluster:
             }
         ).encode()
         req = urllib.request.Request(
-            f"{self.etcd.endpoint}/v3/kv/range", data=body, headers={"Content-Type": "application/json"}
+            f"{self.etcd.endpoint}/v3/kv/range",
+            data=body,
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             kvs = json.loads(resp.read()).get("kvs", [])

@@ -69,12 +69,19 @@ class EtcdServer:
 
     def start(self) -> None:
         """Start etcd (again, after `stop()`) and wait until it answers."""
+        self._start(self.extra_client_hosts)
+
+    def start_private(self) -> None:
+        """Start etcd serving loopback only: down for clients on the extra hosts, not for the test."""
+        self._start(())
+
+    def _start(self, extra_client_hosts: tuple[str, ...]) -> None:
         if self.running:
             return
         etcd = shutil.which("etcd")
         if etcd is None:
             raise RuntimeError("etcd is not on PATH (Debian package etcd-server)")
-        clients = [f"http://{h}:{self.client_port}" for h in ("127.0.0.1", *self.extra_client_hosts)]
+        clients = [f"http://{h}:{self.client_port}" for h in ("127.0.0.1", *extra_client_hosts)]
         client = ",".join(clients)
         peer = f"http://127.0.0.1:{self.peer_port}"
         cmd = [
@@ -158,6 +165,11 @@ class EtcdServer:
         raw = value.encode() if isinstance(value, str) else value
         body = {"key": _b64(key), "value": base64.b64encode(raw).decode()}
         return int(self._call("kv/put", body)["header"]["revision"])
+
+    def mod_revision(self, key: str) -> int | None:
+        """The revision of the key's last write; None when it does not exist."""
+        kvs = self._call("kv/range", {"key": _b64(key)}).get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else None
 
     def delete(self, key: str) -> int:
         """Delete one key; the store revision afterwards."""

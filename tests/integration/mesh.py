@@ -128,8 +128,9 @@ def exchange(nodes: list[MeshNode], extra_peers: int = 0) -> dict[Key, str]:
     return fake
 
 
-def start_capture(node: MeshNode, path: Path) -> subprocess.Popen[bytes]:
-    proc = node.sim.popen(
+def start_capture(sim: SimNode, path: Path) -> subprocess.Popen[bytes]:
+    """tcpdump on the node's underlay (eth0) into `path`, attached before it returns."""
+    proc = sim.popen(
         "tcpdump",
         "-i",
         "eth0",
@@ -183,7 +184,7 @@ def check_two_node_mesh(a: MeshNode, b: MeshNode, tmp: Path, extra_peers: int) -
         n.apply()
 
     pcap = tmp / f"{a.name}.pcap"
-    capture = start_capture(a, pcap)
+    capture = start_capture(a.sim, pcap)
     ping = a.sim.run("ping", "-c", "5", "-i", "0.2", "-W", "2", b.tunnel)
     lines = stop_capture(capture, pcap)
     assert " 0% packet loss" in ping, ping

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -46,6 +47,8 @@ def run_agent(environ: Mapping[str, str]) -> int:
     for error in settings.errors:
         log.error("%s; using the default instead", error)
     state_dir = environ.get(STATE_DIR_ENV, "").strip() or DEFAULT_STATE_DIR
+    # `kill -USR1 <pid>` prints every thread's stack to the log: for explaining a stuck agent.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return asyncio.run(_run(settings, state_dir))
     except KeyboardInterrupt:
