@@ -93,9 +93,7 @@ def decode_cluster(kvs: Iterable[KeyValue]) -> ClusterResources:
             out.affinities.append(value)
         elif kind is ResourceKind.IP_POOL and isinstance(value, IPPoolResource):
             out.pools[value.name] = value
-        elif kind is ResourceKind.WORKLOAD_ENDPOINT and isinstance(
-            value, WorkloadEndpointResource
-        ):
+        elif kind is ResourceKind.WORKLOAD_ENDPOINT and isinstance(value, WorkloadEndpointResource):
             out.workloads[value.key] = value
         elif kind is ResourceKind.FELIX_CONFIGURATION and isinstance(value, dict):
             out.felix_configurations[name.name] = value
@@ -131,8 +129,6 @@ def key_owners(nodes: Mapping[str, NodeResource], family: IPFamily) -> dict[Key,
     return owners
 
 
-def duplicate_keys(
-    nodes: Mapping[str, NodeResource], family: IPFamily
-) -> dict[Key, list[str]]:
+def duplicate_keys(nodes: Mapping[str, NodeResource], family: IPFamily) -> dict[Key, list[str]]:
     """The keys of `family` that two or more nodes claim."""
     return {k: names for k, names in key_owners(nodes, family).items() if len(names) > 1}
