@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -289,12 +290,24 @@ class Cluster:
         run("ip", "link", "delete", self.bridge, check=False)
 
 
+def _new_bridge() -> tuple[int, str]:
+    for net in random.sample(range(100, 200), 100):
+        bridge = f"mcbr{net}"
+        res = subprocess.run(
+            ["ip", "link", "add", bridge, "type", "bridge"], capture_output=True, check=False
+        )
+        if res.returncode == 0:
+            return net, bridge
+    raise RuntimeError("no free test underlay (mcbr100..mcbr199 all exist)")
+
+
 @contextlib.contextmanager
-def cluster(tmp_path: Path, net: int = 77) -> Iterator[Cluster]:
-    """A bridge `mcbr<net>` with 192.168.<net>.1/24, etcd serving on it, an IPPool and WireGuard on."""
-    bridge = f"mcbr{net}"
-    run("ip", "link", "delete", bridge, check=False)
-    run("ip", "link", "add", bridge, "type", "bridge")
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A bridge `mcbr<net>` with 192.168.<net>.1/24, etcd serving on it, an IPPool and WireGuard on.
+
+    `net` is picked from 100–199 by creating the bridge (atomic: a name in use fails), so test runs
+    in parallel, and the lab (192.168.50.0/24), never share an underlay."""
+    net, bridge = _new_bridge()
     try:
         run("ip", "addr", "add", f"192.168.{net}.1/24", "dev", bridge)
         run("ip", "link", "set", bridge, "up")

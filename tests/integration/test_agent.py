@@ -225,7 +225,7 @@ def test_etcd_outage_with_compaction(tmp_path: Path) -> None:
                 resource(
                     "Node",
                     "ghost",
-                    {"bgp": {"ipv4Address": "192.168.77.99/24"}},
+                    {"bgp": {"ipv4Address": f"192.168.{c.net}.99/24"}},
                     status={"wireguardPublicKey": ghost_key},
                 )
             ),
@@ -256,7 +256,7 @@ def test_etcd_outage_with_compaction(tmp_path: Path) -> None:
             ghost = peers.get(ghost_key)
             return (
                 ghost is not None
-                and ghost["endpoint"] == "192.168.77.99:51820"
+                and ghost["endpoint"] == f"192.168.{c.net}.99:51820"
                 and "10.65.200.0/26" in ghost["allowed_ips"]
                 and all(p["keepalive"] == "7" for p in peers.values())
             )
@@ -295,7 +295,7 @@ def test_malformed_resources_are_skipped(tmp_path: Path) -> None:
                     "kind": "Node",
                     "apiVersion": "projectcalico.org/v3",
                     "metadata": {"name": "broken"},
-                    "spec": {"bgp": {"ipv4Address": "192.168.77.50/24"}},
+                    "spec": {"bgp": {"ipv4Address": f"192.168.{c.net}.50/24"}},
                     "status": {"wireguardPublicKey": "not-a-key"},
                 }
             ),
