@@ -25,6 +25,7 @@ from meshcrypt.agent.bootstrap import (
     Bootstrapper,
     DatastoreWatchdog,
     backoff,
+    bootstrap_applies,
     bootstrap_forced,
     bootstrap_timeout_from_env,
 )
@@ -447,6 +448,15 @@ def test_timeout_from_the_environment(raw, value, error):
 def test_forced_by_felix_debug_variable():
     assert bootstrap_forced({"FELIX_DBG_WGBOOTSTRAP": ""})
     assert not bootstrap_forced({})
+
+
+def test_bootstrap_applies_with_host_encryption_and_an_enabled_family():
+    assert bootstrap_applies(
+        FelixConfig(wireguard_enabled_v6=True, wireguard_host_encryption_enabled=True)
+    )
+    assert not bootstrap_applies(FelixConfig(wireguard_enabled=True))
+    assert bootstrap_applies(FelixConfig(wireguard_enabled=True), force=True)
+    assert not bootstrap_applies(FelixConfig(wireguard_host_encryption_enabled=True))
 
 
 def test_backoff_doubles_up_to_two_seconds_with_jitter():

@@ -8,8 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from meshcrypt.adapters.nft_mark import MarkSpec, NftIncomingMark, normalise, render
+from meshcrypt.adapters.nft_mark import MarkSpec, NftIncomingMark, normalise, ports_to_mark, render
+from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.errors import KernelError, NotSupported
+
+
+@pytest.mark.parametrize(
+    ("v4", "v6", "host", "expected"),
+    [
+        (True, True, True, (51820, 51821)),
+        (True, False, True, (51820,)),
+        (False, True, True, (51821,)),
+        (True, True, False, ()),
+        (False, False, True, ()),
+    ],
+)
+def test_ports_to_mark_follow_host_encryption_and_the_enabled_families(v4, v6, host, expected):
+    config = FelixConfig(
+        wireguard_enabled=v4, wireguard_enabled_v6=v6, wireguard_host_encryption_enabled=host
+    )
+    assert ports_to_mark(config) == expected
 
 
 def test_spec_sorts_and_deduplicates_ports():

@@ -50,6 +50,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.errors import KernelError, NotSupported
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,19 @@ class MarkSpec:
         if not 0 < mark <= 0xFFFFFFFF:
             raise ValueError(f"invalid firewall mark {mark:#x}")
         return cls(unique, mark)
+
+
+def ports_to_mark(config: FelixConfig) -> tuple[int, ...]:
+    """The listen ports of the enabled families when host encryption is on; () otherwise (then
+    `ensure` removes the table). Felix adds its chain only with host encryption too."""
+    if not config.wireguard_host_encryption_enabled:
+        return ()
+    ports = []
+    if config.wireguard_enabled:
+        ports.append(config.wireguard_listening_port)
+    if config.wireguard_enabled_v6:
+        ports.append(config.wireguard_listening_port_v6)
+    return tuple(sorted(set(ports)))
 
 
 def render(spec: MarkSpec) -> str:
