@@ -204,19 +204,23 @@ def describe(param: Param, effective: EffectiveConfig, inputs: ConfigInputs) -> 
     )
 
 
-def format_value(value: object) -> str:
-    """An API (JSON) value as an operator reads it: `true`, `1400`, `25s`, `1-250`, `"x"`."""
+#: Integer parameters an operator reads in hexadecimal.
+HEX_PARAMS: Final = frozenset({"IptablesMarkMask", "NftablesMarkMask"})
+
+
+def format_value(value: object, *, hexadecimal: bool = False) -> str:
+    """An API (JSON) value as an operator reads it: `true`, `1400`, `25s`, `1-250`, `0xffff0000`."""
     if value is None:
         return "(unset)"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:#x}" if hexadecimal else str(value)
     if isinstance(value, list) and all(isinstance(v, dict) for v in value):
         return ",".join(format_value(v) for v in value)
     if isinstance(value, dict) and set(value) == {"min", "max"}:
         return f"{value['min']}-{value['max']}"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 # ---- parsing a command-line value ----------------------------------------------------------------
@@ -344,20 +348,25 @@ def render_param(view: ParamValue, node: str) -> str:
     allowed = f"; allowed: {view.allowed}" if view.allowed else ""
     head = (
         f"{view.name}  (spec field {view.spec_field}, environment {view.env_variable}{allowed}; "
-        f"default {format_value(view.default)})"
+        f"default {format_value(view.default, hexadecimal=view.name in HEX_PARAMS)})"
     )
+    hexadecimal = view.name in HEX_PARAMS
     env = "(unset)" if view.env is None else f"{view.env}  ({view.env_set_by})"
+    effective = format_value(view.effective, hexadecimal=hexadecimal)
     pairs = [
-        (f"{KIND} default", format_value(view.cluster)),
-        (f"{KIND} {resource_name(node)}", format_value(view.node)),
+        (f"{KIND} default", format_value(view.cluster, hexadecimal=hexadecimal)),
+        (f"{KIND} {resource_name(node)}", format_value(view.node, hexadecimal=hexadecimal)),
         ("environment of this command", env),
-        (f"effective on node {node}", f"{format_value(view.effective)}  (from {view.source})"),
+        (f"effective on node {node}", f"{effective}  (from {view.source})"),
     ]
     return "\n".join([head, *text.fields(pairs, indent="  ")]) + "\n"
 
 
 def render_param_list(views: Sequence[ParamValue], node: str) -> str:
-    rows = [[v.name, format_value(v.effective), v.source] for v in views]
+    rows = [
+        [v.name, format_value(v.effective, hexadecimal=v.name in HEX_PARAMS), v.source]
+        for v in views
+    ]
     lines = [f"effective configuration of node {node}", ""]
     lines += text.table(["PARAMETER", "VALUE", "SOURCE"], rows)
     return "\n".join(lines) + "\n"

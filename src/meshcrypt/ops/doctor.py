@@ -396,7 +396,9 @@ def _check_allowed_ips(obs: FamilyObservation, exp: ExpectedFamily, host_enc: bo
         )
     what = "blocks, workload and tunnel addresses" + (" and host addresses" if host_enc else "")
     return _pass(
-        "allowed-ips", obs.family, f"{_plural(checked, 'peer')}: exactly their node's {what}"
+        "allowed-ips",
+        obs.family,
+        f"allowed IPs of {_plural(checked, 'peer')}: exactly their nodes' {what}",
     )
 
 
@@ -421,7 +423,9 @@ def _check_endpoints(obs: FamilyObservation, exp: ExpectedFamily) -> Check:
             "endpoints", obs.family, f"{_plural(len(details), 'problem')}", RESYNC_HINT, details
         )
     return _pass(
-        "endpoints", obs.family, f"{_plural(checked, 'peer')}: right endpoint and keepalive"
+        "endpoints",
+        obs.family,
+        f"endpoint and keepalive of {_plural(checked, 'peer')} as expected",
     )
 
 

@@ -121,6 +121,8 @@ def test_format_value() -> None:
     assert format_value([{"min": 1, "max": 250}, {"min": 300, "max": 400}]) == "1-250,300-400"
     assert format_value(1400) == "1400"
     assert format_value("25s") == "25s"
+    assert format_value(0xFFFF0000, hexadecimal=True) == "0xffff0000"
+    assert format_value(True, hexadecimal=True) == "true"
 
 
 # ---- command-line values -----------------------------------------------------------------------
