@@ -368,3 +368,20 @@ def test_disable_and_enable_via_felix_configuration(tmp_path: Path) -> None:
             wait_for(f"{node.name} disabled", torn_down, node, timeout=20)
         c.set_felix(wireguardEnabled=True)
         wait_for("the mesh comes back", lambda: converged(c, nodes), timeout=30)
+
+
+def test_mtu_follows_the_underlay(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        node = c.add_node("n1")
+
+        def device_mtu() -> int:
+            out = node.sh("ip", "-j", "link", "show", "wireguard.cali", check=False)
+            return int(json.loads(out)[0]["mtu"]) if out.strip() else 0
+
+        wait_for("device MTU 1440 (eth0 1500 - 60)", lambda: device_mtu() == 1440, timeout=30)
+        node.sh("ip", "link", "set", "eth0", "mtu", "9000")
+        wait_for(
+            "device MTU 8940 after eth0 went to 9000", lambda: device_mtu() == 8940, timeout=10
+        )
+        node.sh("ip", "link", "set", "eth0", "mtu", "1500")
+        wait_for("device MTU back to 1440", lambda: device_mtu() == 1440, timeout=10)

@@ -44,6 +44,7 @@ from meshcrypt.model.errors import ConfigError, MeshcryptError
 from meshcrypt.model.keys import Key
 from meshcrypt.model.net import IPFamily
 from meshcrypt.ports import Datastore, EventKind, KeyValue, Sysfs, WatchEvent
+from meshcrypt.wireguard.mtu import MtuDetector
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,14 @@ class Agent:
         *,
         addresses: Callable[[], NodeAddresses],
         env_layer: dict[str, object],
-        mtu_source: MtuSource = no_mtu_detection,
+        mtu_detector: MtuDetector | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.nodename = nodename
         self._datastore = datastore
+        self._mtu = mtu_detector
+        mtu_source: MtuSource = mtu_detector if mtu_detector is not None else no_mtu_detection
         self.dataplane = Dataplane(nodename, backend, sysfs, self._on_key, mtu_source)
         self._addresses = addresses
         self._clock = clock
@@ -201,6 +204,7 @@ class Agent:
     def on_link_events_lost(self) -> None:
         """The link monitor overflowed: re-read everything at the next apply."""
         self._full_resync_pending = True
+        self._links_lost = True
         self._dataplane_wake.set()
 
     def _own_node_changed(self) -> None:
@@ -266,7 +270,8 @@ class Agent:
         now = self._clock()
         if self._dataplane_retry.at is not None and now < self._dataplane_retry.at:
             return  # woken by new work while backing off: it waits for the retry
-        self._reconfigure_if_needed()
+        events, self._link_events = self._link_events, []
+        self._reconfigure_if_needed(self._host_mtu_changed(events))
         if self.config is None:
             return
         messages = self.calc.flush()
@@ -277,7 +282,6 @@ class Agent:
             self.dataplane.dispatch_to(rebuilt, self.calc.snapshot())
         else:
             self.dataplane.dispatch(messages)
-        events, self._link_events = self._link_events, []
         for event in events:
             self.dataplane.on_link_event(*event)
         full = self._full_resync_pending or now >= self._resync_at
@@ -304,8 +308,19 @@ class Agent:
             self._first_change_at = None
         self.metrics.update_from(self.dataplane, self.cluster)
 
-    def _reconfigure_if_needed(self) -> None:
-        if not self.cluster.config_changed and self.config is not None:
+    def _host_mtu_changed(self, events: list[tuple[str, int, bool, bool]]) -> bool:
+        """Re-read the host MTU after events on underlay interfaces; True when it changed."""
+        lost, self._links_lost = self._links_lost, False
+        if self._mtu is None or not (lost or any(self._mtu.relevant(e[0]) for e in events)):
+            return False
+        try:
+            return self._mtu.refresh()
+        except MeshcryptError as exc:
+            log.warning("Cannot re-read the host MTU: %s", exc)
+            return False
+
+    def _reconfigure_if_needed(self, mtu_changed: bool = False) -> None:
+        if not self.cluster.config_changed and not mtu_changed and self.config is not None:
             return
         self.cluster.config_changed = False
         try:
@@ -315,7 +330,7 @@ class Agent:
             if self.config is not None:
                 return
             config = FelixConfig()
-        if config == self.config:
+        if config == self.config and not mtu_changed:
             return
         first = self.config is None
         self.config = config
@@ -329,6 +344,7 @@ class Agent:
 
     _rebuilt: list[IPFamily] = []  # noqa: RUF012 - set per instance in _reconfigure_if_needed
     _resync_at: float = 0.0
+    _links_lost = False
     _loop: asyncio.AbstractEventLoop
 
     # -- the status task ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from meshcrypt.adapters import autodetect
 from meshcrypt.adapters.backend import Backend, BackendMode, select_backend
 from meshcrypt.adapters.etcd import EtcdDatastore
 from meshcrypt.adapters.http_endpoints import Handler, serve
-from meshcrypt.adapters.netlink import LinkMonitor
+from meshcrypt.adapters.netlink import LinkMonitor, RtNetlink
 from meshcrypt.adapters.sysfs import FileSysfs
 from meshcrypt.adapters.wireguard_go import DEFAULT_STATE_DIR, WireguardGoSupervisor
 from meshcrypt.agent.loop import Agent, NodeAddresses
@@ -34,6 +34,7 @@ from meshcrypt.model.errors import ConfigError, KernelError, MeshcryptError
 from meshcrypt.model.metrics import render
 from meshcrypt.model.net import IPFamily
 from meshcrypt.wireguard.metrics import WireguardMetrics
+from meshcrypt.wireguard.mtu import MtuDetector
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,14 @@ class _Servers:
         self._wireguard.close()
 
 
+def _mtu_detector() -> MtuDetector | None:
+    try:
+        return MtuDetector(RtNetlink())
+    except KernelError as exc:
+        log.warning("Cannot read the host's links for MTU auto-detection (%s); MTU left alone", exc)
+        return None
+
+
 def _watch_links(loop: asyncio.AbstractEventLoop, agent: Agent) -> LinkMonitor | None:
     try:
         monitor = LinkMonitor()
@@ -215,6 +224,7 @@ async def _run(settings: AgentSettings, state_dir: str) -> int:
         FileSysfs(),
         addresses=lambda: _address_source(settings),
         env_layer=settings.env_layer,
+        mtu_detector=_mtu_detector(),
     )
     servers = _Servers(agent, backend)
     await servers.update(env_config)
