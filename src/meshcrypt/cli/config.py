@@ -47,20 +47,21 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     get.set_defaults(run=run_get)
 
     writes = {
-        "set": "set a parameter in FelixConfiguration default (or node.NAME)",
-        "unset": "remove a parameter from FelixConfiguration default (or node.NAME)",
+        "set": (
+            "set a parameter in FelixConfiguration default (or node.NAME)",
+            "Validate the value as the agent would, then write the spec field with a "
+            "compare-and-swap that keeps every other field; the resource is created if absent. "
+            "Values take the environment forms (true, 1400, 25s, 1-250, 0xffff0000) or JSON of "
+            'the API form ([{"min": 1, "max": 250}]).',
+        ),
+        "unset": (
+            "remove a parameter from FelixConfiguration default (or node.NAME)",
+            "Remove the spec field with a compare-and-swap that keeps every other field; the "
+            "lower layers then decide the effective value.",
+        ),
     }
-    for action, summary in writes.items():
-        write = actions.add_parser(
-            action,
-            help=summary,
-            description=(
-                "Validate the value as the agent would and write the spec field with a "
-                "compare-and-swap that keeps every other field; the resource is created if "
-                "absent. Values take the environment forms (true, 1400, 25s, 1-250, 0xffff0000) "
-                'or JSON of the API form ([{"min": 1, "max": 250}]).'
-            ),
-        )
+    for action, (summary, description) in writes.items():
+        write = actions.add_parser(action, help=summary, description=description)
         write.add_argument("param", help="the parameter")
         if action == "set":
             write.add_argument("value", help="the new value")
