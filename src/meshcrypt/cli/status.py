@@ -112,8 +112,6 @@ def load_cluster(
     from meshcrypt.ops.cluster import read_cluster
 
     parse_endpoints(urls)
-    # The adapter reports each endpoint switch at INFO; the command reports the outcome itself.
-    logging.getLogger("meshcrypt.adapters.etcd").setLevel(logging.WARNING)
 
     async def read() -> ClusterResources:
         datastore = EtcdDatastore(urls, timeout=timeout)
@@ -122,10 +120,16 @@ def load_cluster(
         finally:
             await datastore.close()
 
+    # The adapter reports each endpoint switch at INFO; the command reports the outcome itself.
+    adapter_log = logging.getLogger("meshcrypt.adapters.etcd")
+    level = adapter_log.level
+    adapter_log.setLevel(logging.WARNING)
     try:
         return asyncio.run(read()), None
     except DatastoreUnavailable as exc:
         return None, str(exc)
+    finally:
+        adapter_log.setLevel(level)
 
 
 def config_inputs(
