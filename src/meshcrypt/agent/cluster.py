@@ -14,7 +14,7 @@ changed since the agent last looked; the agent clears them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from meshcrypt.calc.calculator import Calculator
 from meshcrypt.datastore import codecs, layout
@@ -64,6 +64,7 @@ class ClusterView:
             decoded = codecs.decode(kv.key, kv.value)
         except codecs.ResourceError as exc:
             self._reject(kv, str(exc))
+            self._forget_fields(kv.key)
             self._remove(parsed.kind, parsed.name, kv.key)
             return
         if self._invalid.pop(kv.key, None) is not None:
@@ -76,6 +77,7 @@ class ClusterView:
         if parsed is None:
             return
         self._invalid.pop(key, None)
+        self._forget_fields(key)
         self._remove(parsed.kind, parsed.name, key)
 
     @property
@@ -144,6 +146,7 @@ class ClusterView:
         if name not in (self._default_name, self._node_config_name):
             return
         layer, errors = spec_overrides(spec, kv.key)
+        self._forget_fields(kv.key, keep={error.param for error in errors})
         for error in errors:
             self._reject_field(kv, error)
         if self._layers.get(name) != layer:
@@ -157,3 +160,11 @@ class ClusterView:
             return
         self._invalid[tag] = kv.mod_revision
         log.error("Ignoring a field of %s (revision %d): %s", kv.key, kv.mod_revision, error)
+
+    def _forget_fields(self, key: str, keep: Collection[str] = ()) -> None:
+        # A field that is valid again (or a resource deleted or invalid as a whole) is no longer
+        # listed in `invalid_keys`.
+        prefix = f"{key}#"
+        for tag in [t for t in self._invalid if t.startswith(prefix)]:
+            if tag[len(prefix) :] not in keep:
+                del self._invalid[tag]

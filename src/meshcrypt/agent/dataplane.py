@@ -70,6 +70,11 @@ class Leftovers:
             table = RouteTable(
                 family, old.routing_table, old.interface_name, old.route_protocol, self._nl
             )
+            # Device routes count as ours only through our device's ifindex: without it the
+            # resync would delete the throw routes and leave the device routes behind.
+            link = self._nl.get().link_by_name(old.interface_name)
+            if link is not None:
+                table.on_iface_state(old.interface_name, link.index, link.admin_up)
             table.queue_resync()
             table.apply()
             rules = RuleReconciler(family, old.routing_table, self._nl)

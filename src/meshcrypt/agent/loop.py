@@ -177,6 +177,8 @@ class Agent:
         if not snapshot.first:
             # After an outage, check the kernel too: it may have been changed meanwhile.
             self._full_resync_pending = True
+        # The status task skips its writes while the syncer is out of step (an outage): run them now.
+        self._status_wake.set()
         self._after_datastore_change()
 
     def _on_event(self, event: WatchEvent) -> None:
