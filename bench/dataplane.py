@@ -6,7 +6,7 @@ Ours (2): the whole manager: 5,000 remote nodes recorded, then one `apply()`.
 Each variant runs on a fresh simulated node (its own netns, mount namespace and wireguard-go), in
 rotation, `--rounds` times; the medians are printed with their ratio to the floor. Needs root.
 
-    python -m bench.dataplane [--peers 5000] [--rounds 3]
+    python -m bench dataplane [--peers 5000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.baselines import IFACE, TABLE, Peers, floor, start_device
 from meshcrypt.adapters.backend import BackendMode, select_backend
 from meshcrypt.adapters.netlink import RtNetlink
 from meshcrypt.adapters.nodens import SimNode
@@ -31,52 +30,18 @@ from meshcrypt.adapters.wireguard_uapi import UapiWireguardDevices
 from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.dataplane import DeviceConfig, Endpoint, PeerConfig, Route, RouteKind
 from meshcrypt.model.errors import WaitingForLink
-from meshcrypt.model.keys import Key, PrivateKey
+from meshcrypt.model.keys import PrivateKey
 from meshcrypt.model.net import IPFamily
 from meshcrypt.wireguard.manager import WireguardManager
-
-IFACE = "wireguard.cali"
-TABLE = 1
-
-
-class Peers:
-    def __init__(self, n: int) -> None:
-        self.keys: list[Key] = [PrivateKey.generate().public_key() for _ in range(n)]
-        self.endpoints = [f"10.98.{i // 250}.{i % 250 + 1}" for i in range(n)]
-        self.cidrs = [f"10.200.{i // 250}.{i % 250 + 1}/32" for i in range(n)]
 
 
 def _node(tag: str, state: Path) -> tuple[SimNode, WireguardGoSupervisor]:
     sim = SimNode.create(tag, netns=f"mcb{os.getpid()}-{tag}")
-    sup = WireguardGoSupervisor(
-        str(state / tag), socket_dir=sim.socket_dir, prefix_cmd=sim.nsenter_prefix
-    )
-    sup.ensure_running(IFACE, 1420)
-    sim.run("ip", "link", "set", IFACE, "up")
-    return sim, sup
-
-
-def floor(sim: SimNode, sup: WireguardGoSupervisor, peers: Peers) -> float:
-    lines = ["set=1", f"private_key={PrivateKey.generate().raw.hex()}", "listen_port=51820"]
-    for k, ep, cidr in zip(peers.keys, peers.endpoints, peers.cidrs, strict=True):
-        lines += [
-            f"public_key={k.raw.hex()}",
-            f"endpoint={ep}:51820",
-            "replace_allowed_ips=true",
-            f"allowed_ip={cidr}",
-        ]
-    request = ("\n".join(lines) + "\n\n").encode()
-    batch = "".join(f"route replace {c} dev {IFACE} table {TABLE} proto 3\n" for c in peers.cidrs)
-    start = time.perf_counter()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(f"{sup.socket_dir}/{IFACE}.sock")
-        s.sendall(request)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            reply += s.recv(65536)
-    assert b"errno=0" in reply, reply[-40:]
-    subprocess.run(["ip", "-n", sim.netns, "-batch", "-"], input=batch, text=True, check=True)
-    return time.perf_counter() - start
+    try:
+        return sim, start_device(sim, state)
+    except BaseException:
+        sim.destroy()
+        raise
 
 
 def adapters(sim: SimNode, sup: WireguardGoSupervisor, peers: Peers) -> float:
@@ -141,14 +106,16 @@ def manager(sim: SimNode, sup: WireguardGoSupervisor, peers: Peers) -> float:
     return elapsed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench dataplane", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--peers", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    peers = Peers(args.peers)
+    args = parser.parse_args(argv)
+    peers = Peers.synthetic(args.peers)
     variants: dict[str, Callable[[SimNode, WireguardGoSupervisor, Peers], float]] = {
-        "floor: one UAPI set + ip -batch": floor,
+        "floor: one UAPI set + ip -batch": lambda sim, sup, peers: floor(sim, peers),
         "meshcrypt adapters": adapters,
         "meshcrypt manager apply": manager,
     }
