@@ -43,8 +43,18 @@ class NodeCommandError(subprocess.CalledProcessError):
         return f"{super().__str__()}: {stderr}" if stderr else super().__str__()
 
 
-def _run(cmd: Sequence[str], *, check: bool = True, timeout: float | None = 60.0) -> str:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+def run_command(
+    cmd: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float | None = 60.0,
+    input: str | None = None,
+) -> str:
+    """Run a host command (`input` on its stdin) and return its stdout; with `check`, a failure
+    raises NodeCommandError carrying its stderr."""
+    res = subprocess.run(
+        list(cmd), input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and res.returncode != 0:
         raise NodeCommandError(res.returncode, list(cmd), res.stdout, res.stderr)
     return res.stdout
@@ -108,12 +118,12 @@ class SimNode:
         for d in private_dirs:
             # A mount point must exist; creating it on the host's /run is harmless.
             os.makedirs(d, exist_ok=True)
-        _run(["ip", "netns", "add", netns])
+        run_command(["ip", "netns", "add", netns])
         try:
-            _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+            run_command(["ip", "-n", netns, "link", "set", "lo", "up"])
             holder = cls._start_holder(netns, private_dirs)
         except BaseException:
-            _run(["ip", "netns", "delete", netns], check=False)
+            run_command(["ip", "netns", "delete", netns], check=False)
             raise
         node = cls(name, netns, holder.pid, private_dirs, holder)
         log.info("created node %s (netns %s, holder pid %d)", name, netns, holder.pid)
@@ -159,7 +169,7 @@ class SimNode:
 
     def run(self, *cmd: str, check: bool = True, timeout: float | None = 60.0) -> str:
         """Run `cmd` inside the node (cwd is ``/``: pass absolute paths) and return its stdout."""
-        return _run([*self.nsenter_prefix, *cmd], check=check, timeout=timeout)
+        return run_command([*self.nsenter_prefix, *cmd], check=check, timeout=timeout)
 
     def popen(self, *cmd: str, **kwargs: Any) -> subprocess.Popen[Any]:
         """Start `cmd` inside the node; the caller owns the process."""
@@ -167,7 +177,7 @@ class SimNode:
 
     def pids(self) -> list[int]:
         """Every process in the node's network namespace (the holder included)."""
-        out = _run(["ip", "netns", "pids", self.netns], check=False)
+        out = run_command(["ip", "netns", "pids", self.netns], check=False)
         return [int(word) for word in out.split()]
 
     def destroy(self) -> None:
@@ -178,7 +188,7 @@ class SimNode:
         _kill_and_wait(self.holder_pid)
         if self._holder is not None:
             self._holder.wait()
-        _run(["ip", "netns", "delete", self.netns], check=False)
+        run_command(["ip", "netns", "delete", self.netns], check=False)
         log.info("destroyed node %s", self.name)
 
 
@@ -203,7 +213,7 @@ def veth_pair(
 
     Both ends are created directly inside their namespaces, so they may share a name.
     """
-    _run(
+    run_command(
         [
             *("ip", "link", "add", name_a, "netns", node_a.netns, "type", "veth"),
             *("peer", "name", name_b, "netns", node_b.netns),
@@ -212,5 +222,5 @@ def veth_pair(
     for node, ifname, addr in ((node_a, name_a, addr_a), (node_b, name_b, addr_b)):
         iface = ipaddress.ip_interface(addr)
         extra = ["nodad"] if iface.version == 6 else []
-        _run(["ip", "-n", node.netns, "addr", "add", str(iface), "dev", ifname, *extra])
-        _run(["ip", "-n", node.netns, "link", "set", ifname, "up"])
+        run_command(["ip", "-n", node.netns, "addr", "add", str(iface), "dev", ifname, *extra])
+        run_command(["ip", "-n", node.netns, "link", "set", ifname, "up"])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from meshcrypt import __version__
 
 # The modules that each add one subcommand (meshcrypt.cli.<name>), in `--help` order.
-COMMAND_MODULES = ("agent", "status", "doctor", "config", "node")
+COMMAND_MODULES = ("agent", "lab", "status", "doctor", "config", "node")
 
 Runner = Callable[[argparse.Namespace], int]
 

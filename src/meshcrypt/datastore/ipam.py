@@ -7,9 +7,10 @@ IPAM) can never both win:
 - `claim_block` creates the block and the node's affinity together, each "must not exist". Two
   agents that pick the same free block race on that transaction; the loser moves on to the next
   block. Candidates are tried lowest address first, so the outcome is deterministic.
-- `allocate_tunnel_address` takes the first ordinal of the block's `unallocated` list (as
-  libcalico-go's `autoAssign` does) and writes block and handle in one transaction; a conflict
-  re-reads and retries.
+- `allocate_tunnel_address` (and its generic form `allocate_address`, one handle's address, which
+  the lab uses for its pods as Calico's CNI plugin would) takes the first ordinal of the block's
+  `unallocated` list (as libcalico-go's `autoAssign` does) and writes block and handle in one
+  transaction; a conflict re-reads and retries.
 - `release_tunnel_address` frees every address of the handle and deletes the handle, in one
   transaction.
 
@@ -400,8 +401,35 @@ async def allocate_tunnel_address(
     """
     if IPFamily.of(block) is not family:
         raise ValueError(f"block {block} is not {family.label}")
-    handle_id = layout.wireguard_handle_id(node, family)
-    secondary = tunnel_secondary(node, family)
+    return await allocate_address(
+        datastore,
+        node,
+        block,
+        layout.wireguard_handle_id(node, family),
+        tunnel_secondary(node, family),
+        what="WireGuard tunnel address",
+        conflict_label=f"tunnel address of node {node}",
+    )
+
+
+async def allocate_address(
+    datastore: Datastore,
+    node: str,
+    block: CIDR,
+    handle_id: str,
+    secondary: dict[str, str],
+    *,
+    what: str = "address",
+    conflict_label: str | None = None,
+) -> IPAddress:
+    """One address for `handle_id` in `block` (affine to `node`), as Calico's `autoAssign` does.
+
+    The generic form of `allocate_tunnel_address` (a pod's address is one handle per pod, with the
+    CNI plugin's attributes in `secondary`). Idempotent: the address the handle already holds in the
+    block is returned unchanged; what it holds in other blocks is released in the same
+    transaction. `what` names the address in the log line, `conflict_label` in the error raised
+    after `MAX_ATTEMPTS` write conflicts.
+    """
     for _ in range(MAX_ATTEMPTS):
         handle = await _read_handle(datastore, handle_id)
         block_kv = await datastore.get(layout.ipam_block_key(block))
@@ -427,9 +455,10 @@ async def allocate_tunnel_address(
         address = target.address(ordinals[0])
         if not puts or await datastore.txn(expect, puts):
             if puts:
-                log.info("allocated WireGuard tunnel address %s to node %s", address, node)
+                log.info("allocated %s %s to node %s", what, address, node)
             return address
-    raise IPAMError(f"tunnel address of node {node}: gave up after {MAX_ATTEMPTS} write conflicts")
+    label = conflict_label or f"handle {handle_id}"
+    raise IPAMError(f"{label}: gave up after {MAX_ATTEMPTS} write conflicts")
 
 
 async def _release_elsewhere(

@@ -1,0 +1,143 @@
+"""`lab ping`: every pod pings one pod (the first) on every other node, in each IP family.
+
+The pings run concurrently, each `ping -c COUNT -w DEADLINE -i 0.2` inside the source pod's
+namespace: ping keeps sending until COUNT replies came back or the deadline passed, and the run passes
+with COUNT replies. Echoes lost before that are reported, not failed: WireGuard's first handshake can
+cost a few seconds when both ends start one at the same moment (each rejects the other's response and
+retries after REKEY_TIMEOUT, 5 s), which concurrent pings in both directions make likely. The result
+is a matrix per family: a row per source pod, a column per destination node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from meshcrypt.adapters import lab_proc
+from meshcrypt.lab.state import LabState, PodRecord
+from meshcrypt.model.net import IPFamily
+
+INTERVAL = 0.2
+#: Long enough for one WireGuard handshake retry (REKEY_TIMEOUT 5 s + jitter) and then some.
+DEADLINE = 10.0
+_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    source: PodRecord
+    target: PodRecord
+    address: str
+
+    @property
+    def family(self) -> IPFamily:
+        return IPFamily(ipaddress.ip_address(self.address).version)
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    ping: Ping
+    wanted: int
+    sent: int
+    received: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.received >= self.wanted
+
+
+def plan(state: LabState) -> list[Ping]:
+    """Every pod to the first pod of every other node, per family."""
+    first = {n.name: pods[0] for n in state.nodes if (pods := state.pods_of(n.name))}
+    pings = []
+    for family in state.config.families:
+        for source in state.pods:
+            for node, target in first.items():
+                if node != source.node:
+                    pings.append(Ping(source, target, address_of(target, family)))
+    return pings
+
+
+def address_of(pod: PodRecord, family: IPFamily) -> str:
+    for address in pod.addresses:
+        if ipaddress.ip_address(address).version == family.value:
+            return address
+    raise ValueError(f"pod {pod.name} has no {family.label} address")
+
+
+def command(ping: Ping, count: int, deadline: float) -> list[str]:
+    """Ping until `count` replies or `deadline` seconds (whole seconds: ping's unit)."""
+    cmd = ["ip", "netns", "exec", ping.source.netns, "ping", "-n", "-q", "-c", str(count)]
+    cmd += ["-i", str(INTERVAL), "-W", "2", "-w", str(max(1, math.ceil(deadline)))]
+    return [*cmd, ping.address]
+
+
+def run(pings: Sequence[Ping], count: int, deadline: float = DEADLINE) -> list[PingResult]:
+    done = lab_proc.run_many([command(p, count, deadline) for p in pings], timeout=deadline + 10)
+    return [result(p, count, d) for p, d in zip(pings, done, strict=True)]
+
+
+def result(ping: Ping, wanted: int, done: lab_proc.Finished) -> PingResult:
+    match = _SUMMARY.search(done.stdout)
+    if match is None:
+        error = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        return PingResult(ping, wanted, 0, 0, error)
+    return PingResult(ping, wanted, int(match.group(1)), int(match.group(2)))
+
+
+def matrix(state: LabState, results: Sequence[PingResult], count: int) -> list[str]:
+    """One matrix per family: rows are source pods, columns destination nodes (their first pod)."""
+    lines: list[str] = []
+    nodes = [n.name for n in state.nodes]
+    for family in state.config.families:
+        mine = {
+            (r.ping.source.name, r.ping.target.node): r for r in results if r.ping.family is family
+        }
+        if not mine:
+            continue
+        targets = {r.ping.target.node: r.ping for r in mine.values()}
+        header = [f"{family.label}: replies/sent", *nodes]
+        rows = [header, ["", *(_target(targets.get(n)) for n in nodes)]]
+        for pod in state.pods:
+            rows.append([pod.name, *(_cell(mine.get((pod.name, n))) for n in nodes)])
+        lines += table(rows)
+        lines.append("")
+    passed = sum(r.ok for r in results)
+    lines.append(f"{passed}/{len(results)} pings passed (each needs {count} replies)")
+    late = sum(1 for r in results if r.ok and r.sent > r.received)
+    if late:
+        why = (
+            " (likely a WireGuard handshake both ends started at once: it is retried after 5 s)"
+            if state.config.agents
+            else ""
+        )
+        lines.append(f"{late} of them lost echoes before the first reply{why}")
+    for r in results:
+        if not r.ok:
+            detail = r.error or f"{r.received} of {r.wanted} replies ({r.sent} sent)"
+            lines.append(
+                f"  FAIL {r.ping.source.name} → {r.ping.target.name} {r.ping.address}: {detail}"
+            )
+    return lines
+
+
+def _target(ping: Ping | None) -> str:
+    return "" if ping is None else f"({ping.target.name} {ping.address})"
+
+
+def _cell(r: PingResult | None) -> str:
+    """`ok 3/3`: replies/echoes sent (more sent than answered: the first ones were lost)."""
+    if r is None:
+        return "·"
+    return f"{'ok' if r.ok else 'FAIL'} {r.received}/{r.sent}"
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart."""
+    columns = max(map(len, rows))
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(columns)]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]

@@ -1,0 +1,66 @@
+"""End to end: a lab with real agents (`meshcrypt agent`, wireguard-go) encrypts all pod traffic,
+survives an agent restart, and `lab down` removes wireguard-go too (it outlives its agent)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from meshcrypt.adapters.lab_proc import ProcessId, cmdline, namespace_id, pids_in_netns
+from tests.lab.conftest import LabFactory, LabUnderTest, assert_no_leftovers
+
+pytestmark = pytest.mark.integration
+
+
+def counted(report: str, what: str) -> int:
+    match = re.search(rf"^  {re.escape(what)}\s+(\d+)", report, re.MULTILINE)
+    assert match, f"no {what!r} line in:\n{report}"
+    return int(match.group(1))
+
+
+def wireguard_go(lab: LabUnderTest) -> set[ProcessId]:
+    """The wireguard-go processes in the lab's nodes."""
+    ids = {namespace_id(f"/run/netns/{n.netns}") for n in lab.state().nodes}
+    pids = pids_in_netns({i for i in ids if i is not None})
+    found = {ProcessId.of(pid) for pid in pids if cmdline(pid)[:1] == ["wireguard-go"]}
+    return {p for p in found if p is not None}
+
+
+@pytest.mark.parametrize("stack", ["ipv4", "dual-stack"])
+def test_agents_encrypt_pod_traffic_and_survive_a_restart(make_lab: LabFactory, stack: str):
+    lab = make_lab()
+    family = ["--dual-stack"] if stack == "dual-stack" else []
+    res = lab.up("--nodes", "2", "--pods-per-node", "1", "--timeout", "60", *family)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "converged in" in res.stdout
+    started = wireguard_go(lab)
+    families = 2 if family else 1
+    assert len(started) == 2 * families  # one per node and family, outside the agents' sessions
+
+    res = lab.cli("status")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "converged: every node's wireguard.cali" in res.stdout
+    assert re.search(r"^node1 .* ready +published", res.stdout, re.MULTILINE)
+
+    res = lab.cli("ping", "--count", "2")
+    assert res.returncode == 0, res.stdout
+    res = lab.cli("capture", "node1", "--seconds", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert counted(res.stdout, "plaintext pod traffic") == 0
+    assert counted(res.stdout, "WireGuard (UDP)") > 0
+
+    old = lab.state().node("node2").agent
+    res = lab.cli("restart-agent", "node2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "node2: converged in" in res.stdout
+    assert old is not None and not old.running()
+    assert wireguard_go(lab) == started  # adopted, not restarted
+    res = lab.cli("ping", "--count", "2")
+    assert res.returncode == 0, res.stdout
+
+    lab.remember()
+    res = lab.down()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not any(p.running() for p in started)
+    assert_no_leftovers(lab)
