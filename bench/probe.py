@@ -8,8 +8,12 @@ The command runs unchanged; two environment variables add instrumentation, for b
   start it sends ``boot <time>``, before meshcrypt is imported. Sends never block: a datagram the
   benchmark does not read in time is dropped.
 * `MESHCRYPT_BENCH_PROFILE=<path prefix>`: cProfile the event loop thread and the dataplane thread
-  (each apply); at exit the statistics go to ``<prefix>.loop.pstats`` and
-  ``<prefix>.dataplane.pstats`` (`python -m pstats`, or `python -m bench.probe --report <prefix>`).
+  (inside each apply) from the start; each SIGUSR2 ends the current profiling window, writing
+  ``<prefix>.<window>.loop.pstats`` and ``<prefix>.<window>.dataplane.pstats`` (window 1, 2, …), or
+  starts the next one. A window still open at exit is written too. Read them with
+  `python -m bench.probe --report <prefix>.<window>` (or `python -m pstats`).
+* `MESHCRYPT_BENCH_PRELOAD=<file.py>[,…]`: run these files before the agent starts, e.g. to try a
+  change to meshcrypt by monkeypatching it, without touching the source tree.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
+import runpy
+import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 PROBE_ENV = "MESHCRYPT_BENCH_PROBE"
 PROFILE_ENV = "MESHCRYPT_BENCH_PROFILE"
+PRELOAD_ENV = "MESHCRYPT_BENCH_PRELOAD"
 
 
 class _Probe:
@@ -39,7 +47,37 @@ class _Probe:
             pass  # the benchmark is gone or behind: never slow the agent down
 
 
-def _instrument(probe: _Probe | None, profile: cProfile.Profile | None) -> None:
+class _Profiles:
+    """Profiling windows: both threads' profiles, written out when a window ends."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.window = 0
+        self.loop = cProfile.Profile()
+        self.apply: cProfile.Profile | None = None
+
+    def start(self) -> None:
+        self.window += 1
+        self.loop = cProfile.Profile()
+        self.apply = cProfile.Profile()
+        self.loop.enable()
+
+    def stop(self) -> None:
+        if self.apply is None:
+            return
+        self.loop.disable()
+        self.loop.dump_stats(f"{self.prefix}.{self.window}.loop.pstats")
+        self.apply.dump_stats(f"{self.prefix}.{self.window}.dataplane.pstats")
+        self.apply = None
+
+    def toggle(self, signum: int, frame: FrameType | None) -> None:
+        if self.apply is None:
+            self.start()
+        else:
+            self.stop()
+
+
+def _instrument(probe: _Probe | None, profiles: _Profiles | None) -> None:
     from meshcrypt.agent.dataplane import Dataplane
 
     apply: Callable[[Dataplane], None] = Dataplane.apply
@@ -54,6 +92,7 @@ def _instrument(probe: _Probe | None, profile: cProfile.Profile | None) -> None:
         was_full, full[0] = full[0], False
         ok = False
         start = time.time()
+        profile = None if profiles is None else profiles.apply
         if profile is not None:
             profile.enable()
         try:
@@ -78,7 +117,11 @@ def report(prefix: str, limit: int = 25) -> None:
         if not os.path.exists(path):
             continue
         print(f"==== {part} thread: {path}")
-        stats = pstats.Stats(path)
+        try:
+            stats = pstats.Stats(path)
+        except (TypeError, EOFError):
+            print("(nothing recorded)")
+            continue
         stats.sort_stats("cumulative").print_stats(limit)
         stats.sort_stats("tottime").print_stats(limit)
 
@@ -89,23 +132,24 @@ def main(argv: Sequence[str]) -> int:
         return 0
     probe_path = os.environ.pop(PROBE_ENV, "")
     profile_prefix = os.environ.pop(PROFILE_ENV, "")
+    preload = [f for f in os.environ.pop(PRELOAD_ENV, "").split(",") if f]
     probe = _Probe(probe_path) if probe_path else None
     if probe is not None:
         probe.send("boot", f"{time.time():.6f}")
-    loop_profile = cProfile.Profile() if profile_prefix else None
-    apply_profile = cProfile.Profile() if profile_prefix else None
-    if loop_profile is not None:
-        loop_profile.enable()
+    profiles = _Profiles(profile_prefix) if profile_prefix else None
+    if profiles is not None:
+        profiles.start()
+        signal.signal(signal.SIGUSR2, profiles.toggle)
     try:
         from meshcrypt.cli.main import main as meshcrypt
 
-        _instrument(probe, apply_profile)
+        for path in preload:
+            runpy.run_path(path)
+        _instrument(probe, profiles)
         return meshcrypt(argv)
     finally:
-        if loop_profile is not None and apply_profile is not None:
-            loop_profile.disable()
-            loop_profile.dump_stats(f"{profile_prefix}.loop.pstats")
-            apply_profile.dump_stats(f"{profile_prefix}.dataplane.pstats")
+        if profiles is not None:
+            profiles.stop()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -50,7 +51,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.baselines import IFACE, PORT, TABLE, floor, start_device, syncconf, uapi
-from bench.probe import PROBE_ENV, PROFILE_ENV
+from bench.probe import PRELOAD_ENV, PROBE_ENV, PROFILE_ENV
 from bench.procstat import cpu_seconds, memory_mb
 from bench.world import Change, World, txn
 from meshcrypt.adapters.nodens import SimNode
@@ -175,11 +176,15 @@ def log_time(node: AgentNode, needle: str) -> float | None:
     return None
 
 
-def start_agent(c: Cluster, probe: Probe, env: dict[str, str], profile: str | None) -> AgentNode:
+def start_agent(
+    c: Cluster, probe: Probe, env: dict[str, str], profile: str | None, preload: str | None
+) -> AgentNode:
     """`python -m bench.probe agent` on a new node `agent` (like `AgentNode.start`, plus the probe)."""
     extra = {"PYTHONPATH": str(REPO), PROBE_ENV: probe.path, **env}
     if profile:
         extra[PROFILE_ENV] = profile
+    if preload:
+        extra[PRELOAD_ENV] = preload
     node = c.add_node("agent", start=False, **extra)
     with node.log_path.open("ab") as out:
         node.proc = node.sim.popen(
@@ -449,7 +454,7 @@ def run_size(n: int, args: argparse.Namespace, results: Results) -> None:
         try:
             log(f"N={n}: starting the agent")
             started = time.time()
-            node = start_agent(c, probe, env, profile)
+            node = start_agent(c, probe, env, profile, args.preload)
             seconds, programmed, applies, cpu, rss = resync(c, node, probe, world, started)
             r = Resync(
                 n=n,
@@ -468,18 +473,56 @@ def run_size(n: int, args: argparse.Namespace, results: Results) -> None:
                 syncconf_runs=syncs,
             )
             results.resync.append(r)
+            windows = _Windows(node, profile)
+            windows.close("startup")
             log(f"N={n}: programmed after {seconds:.2f} s; waiting for the agent to settle")
             r.settle_s = wait_idle(c, node, probe)
             if n in args.delta_sizes:
                 log(f"N={n}: {args.changes} changes")
-                results.delta.append(delta(c, node, probe, world, args.changes))
+                with windows.open("delta"):
+                    results.delta.append(delta(c, node, probe, world, args.changes))
             if is_steady:
                 log(f"N={n}: {args.steady_seconds:.0f} s steady state")
-                results.steady.append(steady(node, probe, n, args.steady_seconds, refresh))
+                with windows.open("steady"):
+                    results.steady.append(steady(node, probe, n, args.steady_seconds, refresh))
             r.hwm_mb = memory_mb(agent_pid(node))["VmHWM"]
-            node.stop()  # SIGTERM: the profile (if any) is written on the way out
+            node.stop()  # SIGTERM
+            windows.rename()
         finally:
             probe.close()
+            if args.logs and "agent" in c.nodes:
+                kept = Path(args.logs) / f"agent-{n}.log"
+                shutil.copyfile(c.nodes["agent"].log_path, kept)
+                log(f"agent log: {kept}")
+
+
+class _Windows:
+    """The agent's profiling windows (`bench.probe`): the first runs from start; SIGUSR2 ends the
+    current one or opens the next. Their files are renamed after the phase they cover."""
+
+    def __init__(self, node: AgentNode, prefix: str | None) -> None:
+        self.node, self.prefix = node, prefix
+        self.names: list[str] = []
+
+    def close(self, name: str) -> None:
+        if self.prefix:
+            os.kill(agent_pid(self.node), signal.SIGUSR2)
+            self.names.append(name)
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[None]:
+        if self.prefix:
+            os.kill(agent_pid(self.node), signal.SIGUSR2)
+        yield
+        self.close(name)
+
+    def rename(self) -> None:
+        for number, name in enumerate(self.names, 1):
+            for part in ("loop", "dataplane"):
+                source = Path(f"{self.prefix}.{number}.{part}.pstats")
+                if source.exists():
+                    source.rename(f"{self.prefix}-{name}.{part}.pstats")
+                    log(f"profile: {self.prefix}-{name}.{part}.pstats")
 
 
 def _since(t: float | None, start: float) -> float | None:
@@ -558,7 +601,39 @@ def report(results: Results, args: argparse.Namespace) -> str:
             f"{s.resyncs} periodic resyncs in the window ({resyncs} ms); wireguard-go CPU {wg}",
             "",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + targets(results))
+
+
+def targets(results: Results) -> list[str]:
+    """One line per target of issue 7: met or missed, with the figure."""
+
+    def verdict(ok: bool) -> str:
+        return "met   " if ok else "MISSED"
+
+    lines = ["Targets"]
+    for r in results.resync:
+        ratio = r.agent_s / r.floor_s
+        lines.append(
+            f"  {verdict(ratio <= 1.5)} resync at {r.n:,}: agent {ratio:.1f}x floor (<= 1.5x)"
+        )
+    for r in results.resync:
+        if r.n == 10000:
+            lines.append(
+                f"  {verdict(r.hwm_mb <= 150)} RSS at 10,000: {r.hwm_mb:.0f} MB (<= 150 MB)"
+            )
+    for d in results.delta:
+        lines.append(
+            f"  {verdict(d.p99_ms <= 50)} delta p99 at {d.n:,}: {d.p99_ms:.1f} ms (<= 50 ms)"
+        )
+    if len(results.delta) > 1:
+        small = min(results.delta, key=lambda d: d.n)
+        large = max(results.delta, key=lambda d: d.n)
+        growth = large.cpu_ms_per_change / small.cpu_ms_per_change
+        lines.append(
+            f"  {verdict(growth <= 1.5)} delta cost independent of N: CPU per change "
+            f"x{growth:.1f} from {small.n:,} to {large.n:,} nodes (<= x1.5 taken as independent)"
+        )
+    return lines
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -596,11 +671,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--profile", help="cProfile the agents; statistics go to this directory")
+    parser.add_argument("--logs", help="keep the agents' logs in this directory")
+    parser.add_argument(
+        "--preload",
+        help="FILE.py[,…] run in the agent before it starts (try a change to meshcrypt)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces, wireguard-go)")
-    if args.profile:
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if args.preload:
+        args.preload = ",".join(str(Path(f).resolve()) for f in args.preload.split(","))
+    for directory in (args.profile, args.logs):
+        if directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
     results = Results(machine())
     with _sigterm_unwinds():
         for n in args.sizes:
