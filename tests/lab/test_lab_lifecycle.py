@@ -90,6 +90,7 @@ def test_agents_run_in_their_nodes_and_down_removes_everything(make_lab: LabFact
     res = lab.cli("restart-agent", "node2", env=script(tmp_path, "bad.sh", FAILING_AGENT))
     assert res.returncode == 1
     assert "the agent of node2 exited" in res.stderr
+    assert "node2: agent exited with status 3" in res.stderr
     assert "fake agent of node2: giving up" in res.stderr
 
     lab.remember()  # the detached "wireguard-go" children included
@@ -168,3 +169,18 @@ def test_bad_arguments_are_refused_cleanly(make_lab: LabFactory):
     res = lab.cli("status")
     assert res.returncode == 1 and "no lab in" in res.stderr
     assert not lab.dir.exists()
+
+
+def test_a_failed_up_removes_what_it_made(make_lab: LabFactory, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "etcd"
+    fake.write_text('#!/bin/sh\necho "fake etcd: cannot start" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    lab = make_lab()
+    res = lab.up("--nodes", "2", "--no-agents", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert res.returncode == 1
+    assert "etcd exited" in res.stderr and "fake etcd: cannot start" in res.stderr
+    assert "removing what was created" in res.stdout
+    assert "deleted 2 network namespace(s)" in res.stdout
+    assert_no_leftovers(lab)

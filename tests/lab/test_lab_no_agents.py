@@ -209,6 +209,12 @@ def test_exec_runs_in_nodes_and_pods(lab_no_agents: LabUnderTest):
     res = lab_no_agents.cli("exec", pod.name, "--", "ip", "-o", "addr", "show", "dev", "eth0")
     assert res.returncode == 0 and f"{pod.addresses[0]}/32" in res.stdout
     assert lab_no_agents.cli("exec", "node1", "--", "sh", "-c", "exit 7").returncode == 7
+    # --dir may follow the target; everything after `--` is the command, options included.
+    here = ["exec", "node1", "--dir", str(lab_no_agents.dir), "--"]
+    res = lab_no_agents.cli(
+        *here, "sh", "-c", "echo --dir -- x; exit 5", env={"MESHCRYPT_LAB_DIR": "/nonexistent"}
+    )
+    assert res.returncode == 5 and res.stdout == "--dir -- x\n"
     res = lab_no_agents.cli("exec", "node9", "--", "true")
     assert res.returncode == 1 and "no node or pod named 'node9'" in res.stderr
 

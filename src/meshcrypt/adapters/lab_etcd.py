@@ -82,19 +82,29 @@ def healthy(client_url: str, timeout: float = 1.0) -> bool:
     return isinstance(body, dict) and body.get("health") == "true"
 
 
-def etcd_processes(data_dir: Path) -> list[ProcessId]:
-    """Running etcd servers whose data directory is `data_dir`."""
-    wanted = str(data_dir)
+def etcd_processes(data_dir: Path, name: str) -> list[ProcessId]:
+    """Running etcd servers of a lab: those whose data directory is `data_dir`, and those a lab
+    started as member `name` with a data directory called `etcd` (the same lab prefix run from
+    another folder)."""
 
     def match(argv: list[str]) -> bool:
         if Path(argv[0]).name != "etcd":
             return False
-        for i, arg in enumerate(argv[:-1]):
-            if arg == "--data-dir" and argv[i + 1] == wanted:
-                return True
-        return f"--data-dir={wanted}" in argv
+        data = _option(argv, "--data-dir")
+        if data == str(data_dir):
+            return True
+        return _option(argv, "--name") == name and data is not None and Path(data).name == "etcd"
 
     return find_processes(match)
+
+
+def _option(argv: list[str], option: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg.partition("=")[2]
+    return None
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from meshcrypt.cli import Subparsers
 from meshcrypt.lab.config import (
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from meshcrypt.lab.state import LabState
 
 Runner = Callable[[argparse.Namespace], int]
+EXEC_USAGE = "meshcrypt lab exec NODE|POD [--dir DIR] -- CMD [ARG …]"
 
 EPILOG = (
     "Needs root. The lab's traffic stays on a bridge it creates and in its namespaces. "
@@ -68,10 +69,11 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
         "exec",
         parents=[common],
         help="run a command in a node (its network and mount namespaces) or a pod",
-        usage="meshcrypt lab exec [--dir DIR] NODE|POD -- CMD [ARG …]",
+        usage=EXEC_USAGE,
     )
-    exec_.add_argument("target", metavar="NODE|POD")
-    exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    # Split by hand (`_split_exec`): argparse cannot take options after the target and also
+    # pass everything after `--` through untouched.
+    exec_.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     exec_.set_defaults(run=_run_exec)
 
     ping = sub.add_parser(
@@ -290,14 +292,34 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+class _ExecParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise LabError(f"{message}; usage: {EXEC_USAGE}")
+
+
+def _split_exec(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(target, command) of `exec`'s words: before `--` the target and --dir (which lands in
+    `args.dir`), everything after it the command; without `--`, the first word is the target."""
+    words: list[str] = list(args.words)
+    if "--" in words:
+        cut = words.index("--")
+        head, cmd = words[:cut], words[cut + 1 :]
+    else:
+        head, cmd = words[:1], words[1:]
+    parser = _ExecParser(prog="meshcrypt lab exec", add_help=False)
+    parser.add_argument("target", metavar="NODE|POD")
+    parser.add_argument("--dir", default=args.dir)
+    parsed = parser.parse_args(head)
+    args.dir = parsed.dir
+    return parsed.target, cmd
+
+
 @_guarded
 def _run_exec(args: argparse.Namespace) -> int:
     from meshcrypt.lab.nodes import exec_in
 
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    return exec_in(_load(args), args.target, cmd)
+    target, cmd = _split_exec(args)
+    return exec_in(_load(args), target, cmd)
 
 
 @_guarded

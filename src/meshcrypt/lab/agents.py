@@ -129,6 +129,8 @@ class NodeView:
     #: The agent's /readiness: True (200), False (anything else, or no answer), None (not asked:
     #: no agent running, or its health endpoint is off).
     ready: bool | None = None
+    #: How the agent ended, when it was our child and has ended (else None).
+    exit_status: int | None = None
 
     def published(self, family: IPFamily) -> str:
         if self.resource is None:
@@ -158,8 +160,11 @@ def observe(state: LabState, nodes: Sequence[NodeRecord] | None = None) -> list[
     resources = with_datastore(state.etcd.host_endpoint, read_nodes)
     views = []
     for node in state.nodes if nodes is None else nodes:
-        running = node.agent is not None and node.agent.running()
+        # The exit status first: checking whether it runs would reap it without one.
+        status = None if node.agent is None else lab_proc.exit_status(node.agent)
+        running = status is None and node.agent is not None and node.agent.running()
         view = NodeView(node.name, node.agent, running, resources.get(node.name))
+        view.exit_status = status
         try:
             sim = sim_node(node)
         except LabError:
@@ -185,8 +190,12 @@ def problems(
     found: dict[str, list[str]] = {}
     for view in views:
         issues: list[str] = []
-        if not view.agent_running:
-            issues.append("agent not running" if view.agent else "no agent started")
+        if view.agent is None:
+            issues.append("no agent started")
+        elif view.exit_status is not None:
+            issues.append(f"agent exited with status {view.exit_status}")
+        elif not view.agent_running:
+            issues.append("agent not running")
         elif view.ready is False:
             issues.append("agent not ready")
         if view.resource is None:

@@ -31,9 +31,12 @@ _LAB_FILES = (STATE_FILE, "lab.tmp", "etcd", "etcd.log", "agent-*.log", "capture
 
 
 def lab_command(lab_dir: Path, sub: str) -> str:
-    """How to run `meshcrypt lab <sub>` for this lab (with --dir unless it is the default)."""
-    extra = "" if str(lab_dir) == str(Path(default_dir()).resolve()) else f" --dir {lab_dir}"
-    return f"meshcrypt lab {sub}{extra}"
+    """How to run `meshcrypt lab <sub>` for this lab (with --dir unless it is the default); a
+    trailing `--` (exec's separator) stays last."""
+    if lab_dir == Path(default_dir()).resolve():
+        return f"meshcrypt lab {sub}"
+    head, sep, _ = sub.partition(" --")
+    return f"meshcrypt lab {head} --dir {lab_dir}{sep}"
 
 
 def down(lab_dir: Path, prefix: str | None, say: Say) -> list[str]:
@@ -55,7 +58,7 @@ def down(lab_dir: Path, prefix: str | None, say: Say) -> list[str]:
     _stop_agents(state, say)
     netns = _lab_netns(config, state)
     _stop_namespace_processes(netns, state, say)
-    _stop_etcd(lab_dir, state, say)
+    _stop_etcd(config, lab_dir, state, say)
     for name in netns:
         lab_net.delete_netns(name)
     if netns:
@@ -110,16 +113,16 @@ def _stop_namespace_processes(netns: list[str], state: LabState | None, say: Say
         lab_proc.stop(procs, grace=5.0)
 
 
-def _etcd_processes(lab_dir: Path, state: LabState | None) -> set[ProcessId]:
-    procs = set(lab_etcd.etcd_processes(lab_dir / "etcd"))
+def _etcd_processes(config: LabConfig, lab_dir: Path, state: LabState | None) -> set[ProcessId]:
+    procs = set(lab_etcd.etcd_processes(lab_dir / "etcd", config.prefix))
     recorded = None if state is None or state.etcd is None else state.etcd.process
     if recorded is not None and recorded.running():
         procs.add(recorded)
     return procs
 
 
-def _stop_etcd(lab_dir: Path, state: LabState | None, say: Say) -> None:
-    procs = _etcd_processes(lab_dir, state)
+def _stop_etcd(config: LabConfig, lab_dir: Path, state: LabState | None, say: Say) -> None:
+    procs = _etcd_processes(config, lab_dir, state)
     if procs:
         say(f"stopping etcd: pid {', '.join(str(p.pid) for p in procs)}")
         lab_proc.stop(procs, grace=10.0)
@@ -154,7 +157,7 @@ def lab_leftovers(config: LabConfig, lab_dir: Path, state: LabState | None = Non
         found.append(f"links {', '.join(links)}")
     if lab_net.guard_exists(config.guard_table):
         found.append(f"nftables table inet {config.guard_table}")
-    procs = _etcd_processes(lab_dir, state) | set(_holders(state))
+    procs = _etcd_processes(config, lab_dir, state) | set(_holders(state))
     if state is not None:
         procs |= {n.agent for n in state.nodes if n.agent is not None and n.agent.running()}
     if procs:

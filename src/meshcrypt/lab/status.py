@@ -39,32 +39,28 @@ def header(state: LabState) -> list[str]:
 
 
 def node_rows(state: LabState, views: Sequence[NodeView] | None) -> list[str]:
+    """A row per node; the agent, key and peer columns only with `views` (what was observed)."""
     by_name = {v.name: v for v in views or ()}
     families = state.config.families
-    rows = [["NODE", "UNDERLAY", "BLOCKS", "AGENT", "KEY", "PEERS", "HANDSHAKES", "PODS"]]
+    observed = ["AGENT", "KEY", "PEERS", "HANDSHAKES"] if views is not None else []
+    rows = [["NODE", "UNDERLAY", "BLOCKS", *observed, "PODS"]]
     for node in state.nodes:
+        cells = [node.name, " ".join(node.addresses), " ".join(node.blocks)]
         view = by_name.get(node.name)
-        rows.append(
-            [
-                node.name,
-                " ".join(node.addresses),
-                " ".join(node.blocks),
-                _agent(view, node.agent is not None),
-                " ".join(_key(view, f) for f in families) if view else "?",
-                " ".join(_peers(view, f, len(state.nodes) - 1) for f in families) if view else "?",
-                " ".join(_handshakes(view, f) for f in families) if view else "?",
-                str(len(state.pods_of(node.name))),
+        if view is not None:
+            cells += [
+                _agent(view),
+                " ".join(_key(view, f) for f in families),
+                " ".join(_peers(view, f, len(state.nodes) - 1) for f in families),
+                " ".join(_handshakes(view, f) for f in families),
             ]
-        )
+        rows.append([*cells, str(len(state.pods_of(node.name)))])
     return table(rows)
 
 
-def _agent(view: NodeView | None, started: bool) -> str:
-    if not started:
+def _agent(view: NodeView) -> str:
+    if view.agent is None:
         return "not started"
-    if view is None:
-        return "?"
-    assert view.agent is not None
     if not view.agent_running:
         return f"pid {view.agent.pid} EXITED"
     readiness = {True: " ready", False: " NOT READY", None: ""}[view.ready]
@@ -123,18 +119,22 @@ def status(state: LabState) -> tuple[list[str], bool]:
 def summary(state: LabState) -> list[str]:
     """The end of `lab up`: what there is and what to do with it."""
     first = state.nodes[0].name
-    lines = ["", *header(state), "", *node_rows(state, None), ""]
+    views = observe(state) if state.config.agents else None
+    lines = ["", *header(state), "", *node_rows(state, views), ""]
     if state.pods:
         lines += [*pod_rows(state), ""]
     assert state.etcd is not None
-    lines += [
-        "next:",
-        f"  {lab_command(state.dir, 'status')}              agents, keys, peers, pods",
-        f"  {lab_command(state.dir, 'ping')}                every pod to a pod on every other node",
-        f"  {lab_command(state.dir, 'capture')} {first}     is pod traffic on {first}'s wire encrypted?",
-        f"  {lab_command(state.dir, 'exec')} {first} -- wg show",
-        f"  {lab_command(state.dir, 'restart-agent')} {first}",
-        f"  ETCD_ENDPOINTS={state.etcd.host_endpoint} meshcrypt …   (commands on the host)",
-        f"  {lab_command(state.dir, 'down')}                removes everything",
+    node = lab_command(state.dir, f"exec {first} --")
+    steps = [
+        [lab_command(state.dir, "status"), "agents, keys, peers, pods"],
+        [lab_command(state.dir, "ping"), "every pod pings a pod on every other node"],
+        [
+            lab_command(state.dir, f"capture {first}"),
+            f"is pod traffic on {first}'s wire encrypted?",
+        ],
+        [f"{node} wg show", f"any command inside {first} (or a pod)"],
+        [lab_command(state.dir, f"restart-agent {first}"), "the agent adopts the running device"],
+        [f"ETCD_ENDPOINTS={state.etcd.host_endpoint} meshcrypt …", "commands on the host"],
+        [lab_command(state.dir, "down"), "removes everything"],
     ]
-    return lines
+    return [*lines, "next:", *("  " + line for line in table(steps))]
