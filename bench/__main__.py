@@ -2,6 +2,7 @@
 
 scale       the agent against 1,000-10,000 remote nodes: full resync, deltas, steady-state CPU
 dataplane   5,000 peers + routes through the adapters and the manager, against the floor
+ipam_claim  a node joining a cluster whose lowest N IPAM blocks are taken: its block claim
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("scale", "dataplane")
+BENCHMARKS = ("scale", "dataplane", "ipam_claim")
 
 
 def main(argv: list[str]) -> int:

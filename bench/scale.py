@@ -4,12 +4,14 @@ For each size N a fresh cluster is built the way the agent tests build theirs (a
 etcd serving on it, simulated nodes with `eth0` in the bridge): N remote nodes are written to etcd
 (`bench.world`), then, each on its own fresh node:
 
-* baselines, `--baseline-rounds` times (median): (a) `wg syncconf` + `ip -batch`, (b) the floor,
-  one UAPI set + `ip -batch` (`bench.baselines`); each times the programming alone;
-* the agent, `python -m meshcrypt agent` (userspace backend) started through `bench.probe`, which
-  reports the end of every dataplane apply. **Full resync** = agent start → the end of the first apply
-  after which the device has N peers and table 1 has N device routes (checked through the UAPI
-  socket and `ip route`); peak RSS = VmHWM of the agent process. Then, once the agent is idle:
+* baselines, `--rounds` times (median): (a) `wg syncconf` + `ip -batch`, (b) the floor, one UAPI
+  set + `ip -batch` (`bench.baselines`); each times the programming alone;
+* the agent, `--rounds` times (median), `python -m meshcrypt agent` (userspace backend) started
+  through `bench.probe`, which reports the end of every dataplane apply; after each run but the
+  last, its node and what it wrote to etcd are removed. **Full resync** = agent start → the end of
+  the first apply after which the device has N peers and table 1 has N device routes (checked
+  through the UAPI socket and `ip route`); peak RSS = VmHWM of the agent process. In the last run,
+  once the agent is idle:
 * **delta** (N in `--delta-sizes`): `--changes` single changes, rotating key → endpoint → block of
   a seeded random node; each is written in one etcd transaction and timed from just before the
   write to the end of the first apply that started after it and after which the device (and, for
@@ -20,11 +22,16 @@ etcd serving on it, simulated nodes with `eth0` in the bridge): N remote nodes a
   `FELIX_ROUTEREFRESHINTERVAL=--refresh` so that periodic resyncs fall into the window; agent CPU
   seconds and % of one core.
 
+Remote nodes have no WireGuard tunnel address, so N peers and N device routes are expected (plus
+throw routes for the agent's own block). Their blocks start at the pool's second /26: the agent
+claims the first, so its claim does not scan the cluster's blocks (see `bench.ipam_claim`).
+
 Needs root. Everything it creates (bridge, namespaces, etcd, agents, wireguard-go) is removed at the
 end, also on Ctrl-C or SIGTERM.
 
     .venv/bin/python -m bench scale [--sizes 1000,5000,10000] [--delta-sizes 1000,10000]
-        [--steady-size 5000] [--changes 200] [--json results.json] [--profile DIR]
+        [--steady-size 5000] [--changes 200] [--rounds 3] [--json FILE] [--logs DIR]
+        [--profile DIR] [--preload FILE.py]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import platform
@@ -53,8 +61,10 @@ from types import FrameType
 from bench.baselines import IFACE, PORT, TABLE, floor, start_device, syncconf, uapi
 from bench.probe import PRELOAD_ENV, PROBE_ENV, PROFILE_ENV
 from bench.procstat import cpu_seconds, memory_mb
-from bench.world import Change, World, txn
+from bench.world import Change, Op, World, txn
 from meshcrypt.adapters.nodens import SimNode
+from meshcrypt.datastore import layout
+from meshcrypt.model.net import IPFamily
 from tests.integration.cluster import AgentNode, Cluster, cluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,15 +187,20 @@ def log_time(node: AgentNode, needle: str) -> float | None:
 
 
 def start_agent(
-    c: Cluster, probe: Probe, env: dict[str, str], profile: str | None, preload: str | None
+    c: Cluster,
+    name: str,
+    probe: Probe,
+    env: dict[str, str],
+    profile: str | None,
+    preload: str | None,
 ) -> AgentNode:
-    """`python -m bench.probe agent` on a new node `agent` (like `AgentNode.start`, plus the probe)."""
+    """`python -m bench.probe agent` on a new node `name` (like `AgentNode.start`, plus the probe)."""
     extra = {"PYTHONPATH": str(REPO), PROBE_ENV: probe.path, **env}
     if profile:
         extra[PROFILE_ENV] = profile
     if preload:
         extra[PRELOAD_ENV] = preload
-    node = c.add_node("agent", start=False, **extra)
+    node = c.add_node(name, start=False, **extra)
     with node.log_path.open("ab") as out:
         node.proc = node.sim.popen(
             "env",
@@ -263,12 +278,14 @@ class Resync:
     applies: int  # applies until programmed
     cpu_s: float  # agent CPU until programmed
     rss_programmed_mb: float
-    hwm_mb: float  # peak RSS over the whole run (set at the end)
-    floor_s: float
-    syncconf_s: float
-    floor_runs: list[float]
-    syncconf_runs: list[float]
+    hwm_mb: float = 0.0  # peak RSS over the whole run (set at the end)
+    floor_s: float = 0.0
+    syncconf_s: float = 0.0
+    floor_runs: list[float] = field(default_factory=list)
+    syncconf_runs: list[float] = field(default_factory=list)
     settle_s: float = 0.0
+    delta: Delta | None = None
+    steady: Steady | None = None
 
 
 @dataclass
@@ -302,9 +319,26 @@ class Steady:
 @dataclass
 class Results:
     machine: dict[str, str]
-    resync: list[Resync] = field(default_factory=list)
-    delta: list[Delta] = field(default_factory=list)
-    steady: list[Steady] = field(default_factory=list)
+    resync: list[Resync] = field(default_factory=list)  # every round of every size
+
+    def sizes(self) -> list[int]:
+        return sorted({r.n for r in self.resync})
+
+    def rounds(self, n: int) -> list[Resync]:
+        return [r for r in self.resync if r.n == n]
+
+    def median(self, n: int) -> Resync:
+        """The round with the median agent time (the lower middle one of an even count)."""
+        ranked = sorted(self.rounds(n), key=lambda r: r.agent_s)
+        return ranked[(len(ranked) - 1) // 2]
+
+    @property
+    def delta(self) -> list[Delta]:
+        return [r.delta for r in self.resync if r.delta is not None]
+
+    @property
+    def steady(self) -> list[Steady]:
+        return [r.steady for r in self.resync if r.steady is not None]
 
 
 def machine() -> dict[str, str]:
@@ -350,7 +384,7 @@ def baselines(c: Cluster, world: World, rounds: int, tmp: Path) -> tuple[list[fl
 
 
 def resync(
-    c: Cluster, node: AgentNode, probe: Probe, world: World, started: float
+    node: AgentNode, probe: Probe, world: World, started: float
 ) -> tuple[float, Apply, int, float, float]:
     """Wait for the agent to program everything: (seconds, that apply, applies, CPU s, RSS MB)."""
     deadline = started + RESYNC_TIMEOUT
@@ -440,60 +474,85 @@ def run_size(n: int, args: argparse.Namespace, results: Results) -> None:
         tmp = Path(tmpdir)
         log(f"N={n}: cluster on {c.bridge}; writing {n} nodes and blocks to etcd")
         world.load(c.etcd)
-        log(f"N={n}: baselines ({args.baseline_rounds} rounds)")
-        floors, syncs = baselines(c, world, args.baseline_rounds, tmp)
-        is_steady = n == args.steady_size
-        refresh = args.refresh if is_steady else 3600.0
-        env = {
-            "FELIX_ROUTEREFRESHINTERVAL": str(refresh),
-            "FELIX_PROMETHEUSMETRICSENABLED": "true",
-            "FELIX_PROMETHEUSWIREGUARDMETRICSENABLED": "false",
-        }
-        profile = str(Path(args.profile).resolve() / f"agent-{n}") if args.profile else None
-        probe = Probe(tmp / "probe.sock")
-        try:
-            log(f"N={n}: starting the agent")
-            started = time.time()
-            node = start_agent(c, probe, env, profile, args.preload)
-            seconds, programmed, applies, cpu, rss = resync(c, node, probe, world, started)
-            r = Resync(
-                n=n,
-                agent_s=seconds,
-                python_up_s=None if probe.boot is None else probe.boot - started,
-                listed_s=_since(log_time(node, "datastore snapshot:"), started),
-                first_apply_start_s=probe.applies[0].start - started,
-                programming_s=programmed.end - programmed.start,
-                applies=applies,
-                cpu_s=cpu,
-                rss_programmed_mb=rss,
-                hwm_mb=0.0,
-                floor_s=statistics.median(floors),
-                syncconf_s=statistics.median(syncs),
-                floor_runs=floors,
-                syncconf_runs=syncs,
-            )
+        log(f"N={n}: baselines ({args.rounds} rounds)")
+        floors, syncs = baselines(c, world, args.rounds, tmp)
+        for number in range(1, args.rounds + 1):
+            last = number == args.rounds
+            r = agent_round(c, world, args, tmp, f"agent{number}", last)
+            r.floor_s, r.floor_runs = statistics.median(floors), floors
+            r.syncconf_s, r.syncconf_runs = statistics.median(syncs), syncs
             results.resync.append(r)
-            windows = _Windows(node, profile)
-            windows.close("startup")
-            log(f"N={n}: programmed after {seconds:.2f} s; waiting for the agent to settle")
-            r.settle_s = wait_idle(c, node, probe)
-            if n in args.delta_sizes:
-                log(f"N={n}: {args.changes} changes")
-                with windows.open("delta"):
-                    results.delta.append(delta(c, node, probe, world, args.changes))
-            if is_steady:
-                log(f"N={n}: {args.steady_seconds:.0f} s steady state")
-                with windows.open("steady"):
-                    results.steady.append(steady(node, probe, n, args.steady_seconds, refresh))
-            r.hwm_mb = memory_mb(agent_pid(node))["VmHWM"]
-            node.stop()  # SIGTERM
-            windows.rename()
-        finally:
-            probe.close()
-            if args.logs and "agent" in c.nodes:
-                kept = Path(args.logs) / f"agent-{n}.log"
-                shutil.copyfile(c.nodes["agent"].log_path, kept)
-                log(f"agent log: {kept}")
+            if not last:
+                forget_agent(c, f"agent{number}")
+
+
+def agent_round(
+    c: Cluster, world: World, args: argparse.Namespace, tmp: Path, name: str, last: bool
+) -> Resync:
+    """Start agent `name` on a fresh node and measure its full resync; in the last round, the
+    deltas and the steady state as well. The agent is stopped at the end."""
+    n = world.n
+    is_steady = last and n == args.steady_size
+    refresh = args.refresh if n == args.steady_size else 3600.0
+    env = {
+        "FELIX_ROUTEREFRESHINTERVAL": str(refresh),
+        "FELIX_PROMETHEUSMETRICSENABLED": "true",
+        "FELIX_PROMETHEUSWIREGUARDMETRICSENABLED": "false",
+    }
+    profile = str(Path(args.profile).resolve() / f"{name}-{n}") if args.profile else None
+    probe = Probe(tmp / f"{name}.sock")
+    try:
+        log(f"N={n}: starting {name}")
+        started = time.time()
+        node = start_agent(c, name, probe, env, profile, args.preload)
+        seconds, programmed, applies, cpu, rss = resync(node, probe, world, started)
+        r = Resync(
+            n=n,
+            agent_s=seconds,
+            python_up_s=None if probe.boot is None else probe.boot - started,
+            listed_s=_since(log_time(node, "datastore snapshot:"), started),
+            first_apply_start_s=probe.applies[0].start - started,
+            programming_s=programmed.end - programmed.start,
+            applies=applies,
+            cpu_s=cpu,
+            rss_programmed_mb=rss,
+        )
+        windows = _Windows(node, profile)
+        windows.close("startup")
+        log(f"N={n}: programmed after {seconds:.2f} s; waiting for {name} to settle")
+        r.settle_s = wait_idle(c, node, probe)
+        if last and n in args.delta_sizes:
+            log(f"N={n}: {args.changes} changes")
+            with windows.open("delta"):
+                r.delta = delta(c, node, probe, world, args.changes)
+        if is_steady:
+            log(f"N={n}: {args.steady_seconds:.0f} s steady state")
+            with windows.open("steady"):
+                r.steady = steady(node, probe, n, args.steady_seconds, refresh)
+        r.hwm_mb = memory_mb(agent_pid(node))["VmHWM"]
+        node.stop()  # SIGTERM
+        windows.rename()
+        return r
+    finally:
+        probe.close()
+        if args.logs and name in c.nodes:
+            kept = Path(args.logs) / f"{name}-{n}.log"
+            shutil.copyfile(c.nodes[name].log_path, kept)
+            log(f"agent log: {kept}")
+
+
+def forget_agent(c: Cluster, name: str) -> None:
+    """Remove a stopped agent's node and everything it wrote to etcd, so the next agent does not
+    see it as a remote node and claims the same block."""
+    c.nodes[name].sim.destroy()
+    ops: list[Op] = [
+        (layout.node_key(name), None),
+        (layout.ipam_handle_key(layout.wireguard_handle_id(name, IPFamily.V4)), None),
+    ]
+    for cidr in c.blocks_of(name):
+        net = ipaddress.ip_network(cidr)
+        ops += [(layout.ipam_block_key(net), None), (layout.block_affinity_key(name, net), None)]
+    txn(c.etcd, ops)
 
 
 class _Windows:
@@ -548,12 +607,14 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "",
     ]
     if results.resync:
-        rs = results.resync
+        rs = [results.median(n) for n in results.sizes()]
+        every = [results.rounds(n) for n in results.sizes()]
         lines += [
-            "1. Full resync: agent start -> N peers + N routes programmed (one run; baselines: "
-            f"median of {args.baseline_rounds})",
+            "1. Full resync: agent start -> N peers + N routes programmed "
+            f"(median of {args.rounds} runs; breakdown: the median agent run)",
             _row("N", [f"{r.n:,}" for r in rs]),
             _row("agent (userspace backend)", [ms(r.agent_s) for r in rs]),
+            _row("  runs", ["/".join(f"{x.agent_s:.1f}" for x in e) + " s" for e in every]),
             _row("  python up (probe loaded)", [ms(r.python_up_s) for r in rs]),
             _row("  etcd listed (log)", [ms(r.listed_s) for r in rs]),
             _row("  first apply started", [ms(r.first_apply_start_s) for r in rs]),
@@ -565,7 +626,10 @@ def report(results: Results, args: argparse.Namespace) -> str:
             _row("agent / floor (target <= 1.5)", [f"{r.agent_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent apply / floor", [f"{r.programming_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent RSS when programmed", [f"{r.rss_programmed_mb:.0f} MB" for r in rs]),
-            _row("agent peak RSS, VmHWM (<= 150 MB at 10k)", [f"{r.hwm_mb:.0f} MB" for r in rs]),
+            _row(
+                "agent peak RSS, VmHWM, highest run",
+                [f"{max(x.hwm_mb for x in e):.0f} MB" for e in every],
+            ),
             "",
         ]
     if results.delta:
@@ -611,16 +675,17 @@ def targets(results: Results) -> list[str]:
         return "met   " if ok else "MISSED"
 
     lines = ["Targets"]
-    for r in results.resync:
+    for n in results.sizes():
+        r = results.median(n)
         ratio = r.agent_s / r.floor_s
         lines.append(
-            f"  {verdict(ratio <= 1.5)} resync at {r.n:,}: agent {ratio:.1f}x floor (<= 1.5x)"
+            f"  {verdict(ratio <= 1.5)} resync at {n:,}: agent {ratio:.1f}x floor (<= 1.5x)"
         )
-    for r in results.resync:
-        if r.n == 10000:
-            lines.append(
-                f"  {verdict(r.hwm_mb <= 150)} RSS at 10,000: {r.hwm_mb:.0f} MB (<= 150 MB)"
-            )
+    if 10000 in results.sizes():
+        hwm = max(r.hwm_mb for r in results.rounds(10000))
+        lines.append(
+            f"  {verdict(hwm <= 150)} RSS at 10,000: {hwm:.0f} MB, highest run (<= 150 MB)"
+        )
     for d in results.delta:
         lines.append(
             f"  {verdict(d.p99_ms <= 50)} delta p99 at {d.n:,}: {d.p99_ms:.1f} ms (<= 50 ms)"
@@ -667,7 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--refresh", type=float, default=30.0, help="RouteRefreshInterval, steady")
-    parser.add_argument("--baseline-rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="full resync runs of the agent and of each baseline"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--profile", help="cProfile the agents; statistics go to this directory")
