@@ -162,7 +162,8 @@ class EtcdDatastore:
         if conn is None:
             endpoint = self._endpoints[self._index]
             client = aetcd.Client(
-                host=endpoint.host,
+                # aetcd joins host and port as the gRPC target: an IPv6 host needs its brackets.
+                host=f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host,
                 port=endpoint.port,
                 timeout=self._timeout,
                 options=dict(_CHANNEL_OPTIONS),
