@@ -82,7 +82,7 @@ class ManagerDispatch:
             return
         host_route = bool(msg.types & RouteType.REMOTE_HOST) and self.manager.config.host_encryption
         if host_route or msg.types & (WORKLOAD | TUNNEL):
-            self.manager.route_update(msg.dst_node_name, cidr)
+            self.manager.route_update(msg.dst_node_name, cidr, host=host_route)
         else:
             self.manager.route_remove(cidr)
 

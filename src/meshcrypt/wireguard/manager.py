@@ -4,13 +4,25 @@
 
 1. fold pending node updates into the cache and set the desired route for every CIDR;
 2. ensure the link (created, MTU, admin up) — or wait for it;
-3. the interface address, the routing table and the WireGuard device (delta, or a full read-back
-   resync when out of sync);
+3. the WireGuard device (delta, or a full read-back resync when out of sync), then the interface
+   address and the routing table — the device first, so a route never points at a peer that is not
+   there yet, and so a key read back from the device decides the host routes of the same apply;
 4. threaded NAPI; then, only when everything above succeeded, the routing rule;
 5. publish our public key through the status callback when it is not yet reported.
 
 Which parts need a full read-back is kept as a set of `SyncArea`s. "Not supported" (no WireGuard in
 the kernel or backend) is a state: a zero key is published and nothing is retried until a resync.
+
+Host routes wait for our key (`ManagerOptions.hold_host_routes_until_published`, set by the agent). With host
+encryption, the remote nodes' host addresses are peer CIDRs, so the agent's own datastore traffic may
+go through WireGuard. A device with a key the other nodes do not know yet (new device: first start,
+reboot, re-creation) would then encrypt that traffic to peers that drop it, and the key could never
+be published if the datastore is reachable only through one of them. So, while the device's key is
+not the key the datastore shows for this node, the host CIDRs get *throw* routes (host traffic goes
+out directly), everything else is programmed as usual, and the peers keep the host CIDRs in their
+allowed IPs, so a peer that already knows our key can reach us encrypted. Once the datastore shows
+the device's key the host routes turn into device routes. Felix does not wait (its datastore, the
+Kubernetes API, sits outside the mesh); see `meshcrypt.agent.bootstrap` for the whole picture.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from meshcrypt.model.config import WireguardFamilyConfig
 from meshcrypt.model.dataplane import InterfaceAddress, Link, RouteKind, Rule
@@ -76,6 +89,20 @@ def check_table(config: WireguardFamilyConfig) -> bool:
     return valid
 
 
+@dataclass(frozen=True, slots=True)
+class ManagerOptions:
+    """How the agent wants a manager to behave beyond the Felix configuration."""
+
+    #: With host encryption, route host addresses directly until the datastore shows the device's
+    #: key (see the module docstring). Off by default: the reference does not wait.
+    hold_host_routes_until_published: bool = False
+    #: "Threaded NAPI is not supported" was already logged for this device (by a predecessor).
+    napi_warned: bool = False
+
+
+DEFAULT_OPTIONS = ManagerOptions()
+
+
 class WireguardManager:
     """Programs one family's WireGuard device, routing table and rule from dataplane intent."""
 
@@ -91,6 +118,7 @@ class WireguardManager:
         link_kind: str = "wireguard",
         key_generator: Callable[[], PrivateKey] = PrivateKey.generate,
         clock: Callable[[], float] = time.monotonic,
+        options: ManagerOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.hostname = hostname
         self.config = config
@@ -121,6 +149,7 @@ class WireguardManager:
         self._not_supported = False
         self._not_supported_logged_at: float | None = None
         self._napi_refused: bool | None = None
+        self._napi_warned = options.napi_warned  # "threaded NAPI is not supported" was logged
         self._link: Link | None = None
         self._iface_up = False
         self._our_key: Key | None = None
@@ -132,6 +161,12 @@ class WireguardManager:
         self._local_cidrs: set[CIDR] = set()
         self._local_updated = False
         self._cidr_owner: dict[CIDR, str] = {}
+        self._host_cidrs: set[CIDR] = set()  # remote host addresses (REMOTE_HOST routes)
+        self._hold_host_routes = options.hold_host_routes_until_published and config.host_encryption
+        self._device_key: Key | None = None  # the key read back from the device at the last resync
+        self._published_key: Key | None = None  # the key the datastore shows for this node
+        self._host_routes_open = not self._hold_host_routes
+        self._retarget: set[str] = set()  # nodes whose route kinds need recomputing
         self._pending: dict[str, NodeUpdate] = {}
         self._cache = NodeCache()
 
@@ -169,6 +204,16 @@ class WireguardManager:
         return self._iface_addr
 
     @property
+    def napi_warned(self) -> bool:
+        """Whether "threaded NAPI is not supported" was logged (a successor manager inherits it)."""
+        return self._napi_warned
+
+    @property
+    def host_routes_open(self) -> bool:
+        """Whether host CIDRs are routed through WireGuard (see the module docstring)."""
+        return self._host_routes_open
+
+    @property
     def out_of_sync(self) -> frozenset[SyncArea]:
         return frozenset(self._out_of_sync)
 
@@ -202,10 +247,17 @@ class WireguardManager:
         update.deleted = True
         update.endpoint = None
 
-    def route_update(self, name: str, cidr: CIDR) -> None:
+    def route_update(self, name: str, cidr: CIDR, *, host: bool = False) -> None:
+        """`cidr` belongs to node `name`; `host`: it is one of the node's host addresses."""
         if not self.enabled or cidr.version != self.family:
             return
         owner = self._cidr_owner.get(cidr)
+        if owner == name and host != (cidr in self._host_cidrs):
+            self._retarget.add(name)  # same node, other kind of address: its route may change
+        if host:
+            self._host_cidrs.add(cidr)
+        else:
+            self._host_cidrs.discard(cidr)
         if owner == name:
             return
         if owner is not None:
@@ -229,6 +281,7 @@ class WireguardManager:
         if not self.enabled or cidr.version != self.family:
             return
         owner = self._cidr_owner.pop(cidr, None)
+        self._host_cidrs.discard(cidr)
         if owner is None:
             return
         if owner == self.hostname:
@@ -247,6 +300,7 @@ class WireguardManager:
         if not self.enabled:
             return
         if name == self.hostname:
+            self._published_key = key
             if self._our_key != key:
                 log.info("%s public key out of sync or updated; checking the device", self._ctx)
                 self._our_key = key
@@ -385,19 +439,56 @@ class WireguardManager:
         touched = set(changed)
         for key in keys_changed:
             touched |= self._cache.owners(key)
+        retarget, self._retarget = self._retarget, set()
         if self.route_table is None:
             return touched
         for cidr in deleted_cidrs:
             if cidr not in self._cidr_owner:
                 self.route_table.remove_route(cidr)
-        for name in touched:
+        for name in touched | (retarget & self._cache.nodes.keys()):
             node = self._cache.nodes[name]
             should = self._cache.should_program(name)
-            kind = RouteKind.DEVICE if should else RouteKind.THROW
             for cidr in node.cidrs:
-                self.route_table.set_route(cidr, kind)
+                self.route_table.set_route(cidr, self._route_kind(cidr, should))
             node.routing_to_wireguard = should
         return touched
+
+    def _route_kind(self, cidr: CIDR, should_program: bool) -> RouteKind:
+        """A device route for a peer's CIDR, unless it is a host address held back (see the module
+        docstring); a throw route otherwise."""
+        if should_program and (self._host_routes_open or cidr not in self._host_cidrs):
+            return RouteKind.DEVICE
+        return RouteKind.THROW
+
+    def _update_host_routes_gate(self) -> None:
+        """Open or close the host routes after the device's key was (re)read; re-route them."""
+        if not self._hold_host_routes:
+            return
+        device_key = self._device_key
+        open_ = (
+            device_key is not None and not device_key.is_zero and device_key == self._published_key
+        )
+        if open_ == self._host_routes_open:
+            return
+        self._host_routes_open = open_
+        if open_:
+            log.info(
+                "%s our public key is published; host addresses go through WireGuard", self._ctx
+            )
+        else:
+            log.info(
+                "%s our public key is not published yet; host addresses are routed directly "
+                "until it is",
+                self._ctx,
+            )
+        if self.route_table is None:
+            return
+        for cidr in self._host_cidrs:
+            owner = self._cidr_owner.get(cidr)
+            if owner is None or cidr not in self._cache.nodes.get(owner, NodeData()).cidrs:
+                continue  # not folded yet: the next fold routes it
+            should = self._cache.should_program(owner)
+            self.route_table.set_route(cidr, self._route_kind(cidr, should))
 
     # -- link ---------------------------------------------------------------------------------
 
@@ -476,11 +567,13 @@ class WireguardManager:
         except KernelError as exc:
             raise UpdateFailed(f"{self._ctx} WireGuard client: {exc}") from exc
         errors: list[MeshcryptError] = []
-        for step in (
+        steps: tuple[Callable[[], None], ...] = (
+            lambda: self._configure_device(wg, pending, touched),
+            self._update_host_routes_gate,
             self._ensure_address,
             self._apply_routes,
-            lambda: self._configure_device(wg, pending, touched),
-        ):
+        )
+        for step in steps:
             try:
                 step()
             except MeshcryptError as exc:
@@ -552,19 +645,26 @@ class WireguardManager:
             wg.configure(iface, plan.config)
         for name, node in self._cache.nodes.items():
             node.programmed_key = plan.programmed.get(name)
+        self._device_key = plan.public_key
         if plan.public_key != self._our_key:
             log.info("%s public key has been updated; sending a status notification", self._ctx)
             self._set_our_key(plan.public_key)
 
     def _ensure_napi(self) -> None:
-        if SyncArea.NAPI not in self._out_of_sync or not self._cache.nodes:
+        # The kernel has NAPI contexts only once the device has a peer (it refuses the write
+        # before); Felix waits for any cached node, the local one included, and so reports a
+        # kernel that would accept the write a moment later as not supporting it.
+        if SyncArea.NAPI not in self._out_of_sync or not any(
+            node.programmed_key is not None for node in self._cache.nodes.values()
+        ):
             return
         threaded = self.config.threading
         try:
             self._sysfs.write(napi_path(self.config.interface_name), "1" if threaded else "0")
         except NotSupported as exc:
-            if threaded and self._napi_refused is not True:
+            if threaded and not self._napi_warned:
                 log.warning("%s threaded NAPI is not supported here: %s", self._ctx, exc)
+                self._napi_warned = True
             self._napi_refused = True
         except KernelError as exc:
             log.warning("%s failed to set NAPI threading (retrying): %s", self._ctx, exc)
