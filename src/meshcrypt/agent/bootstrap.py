@@ -26,11 +26,31 @@ What this module does about it, per family (the decision table is in `meshcrypt.
   direct again) and the published key is cleared, so the other nodes stop encrypting to the lost
   key and route to us directly; the manager later creates a fresh device and publishes its key.
   Otherwise the etcd endpoints that sit on nodes whose key is missing from our peers are dropped
-  (asymmetric routing, as above); if none would be left, WireGuard is removed instead;
+  (asymmetric routing, as above); if none would be left, WireGuard is removed instead. The agent
+  reads the configuration this needs (`read_bootstrap_config`) before anything else;
+* **the fresh device**: the bootstrap leaves the other nodes routing to us directly, but our new
+  device knows *their* keys and would route our host traffic, etcd connection included, to them
+  encrypted with a key they have never seen: dropped, so the new key is never published (step 4
+  above, one rung later; Felix never meets it because the Kubernetes API is outside the mesh).
+  So the WireGuard manager routes host addresses directly until etcd shows the device's key
+  (`WireguardManager(hold_host_routes_until_published=True)`), while its peers already carry them
+  as allowed IPs: a node that learnt the key first can reach us encrypted, and we still reach it
+  directly. Workload CIDRs are not held. Once our key is in etcd, both sides encrypt::
+
+      node A (fresh device, key A2)                  node B (runs etcd; A's key cleared)
+   1  peers: B (block, host address); routes:         A is no peer: routes to A directly
+      B's block → device, B's host address → throw
+   2  publish A2 ─────── plain ──────────────────▶  etcd stores A2 ──▶ B programs A (A2)
+   3  watch: our key is A2 ◀─ plain, or encrypted ── (B's replies, now encrypted: A has B as a
+      (A accepts B's handshake: B is its peer)        peer, so it decrypts them)
+   4  B's host address → device ═════ WireGuard ═══▶ both directions encrypted
+
 * **while running**, `DatastoreWatchdog`: when no etcd endpoint has answered for 30 s
   (`MESHCRYPT_WIREGUARD_BOOTSTRAP_TIMEOUT`, 0 disables), `Bootstrapper.last_resort` removes our
   WireGuard configuration of every enabled family (§4.3, Felix's "giving up after timeout"), and the
-  agent retries with every configured endpoint, holding WireGuard programming until etcd answers.
+  agent retries with every configured endpoint (`SwitchableDatastore.replace`), holding WireGuard
+  programming until etcd answers; then it starts again as from the bootstrap (fresh device, held
+  host routes, new key).
 
 Every removal step is retried (5 attempts, back-off 0.2 s doubling to 2 s with 20 % jitter) and
 tolerates etcd being down: a key that cannot be cleared is reported, and the manager's next
@@ -50,16 +70,27 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meshcrypt.agent.cluster import ClusterView
+from meshcrypt.calc.calculator import Calculator
 from meshcrypt.datastore import codecs, layout
 from meshcrypt.datastore.node_status import KeyPublisher
 from meshcrypt.model.config import FelixConfig
+from meshcrypt.model.config_parse import resolve
 from meshcrypt.model.errors import ConfigError, MeshcryptError, NotFound, PermanentError
 from meshcrypt.model.net import IPFamily
 from meshcrypt.model.resources import NodeResource
-from meshcrypt.ports import Datastore, Netlink, NetlinkFactory, WireguardDevices, WireguardFactory
+from meshcrypt.ports import (
+    Datastore,
+    KeyValue,
+    Netlink,
+    NetlinkFactory,
+    WatchEvent,
+    WireguardDevices,
+    WireguardFactory,
+)
 from meshcrypt.wireguard.bootstrap import (
     ABSENT,
     FAMILIES,
@@ -121,6 +152,35 @@ def family_facts(
     """The decision's view of one family's configuration."""
     family_config = config.for_family(family)
     return FamilyFacts(family, family_config.enabled, family_config.interface_name, kernel)
+
+
+# ---- the configuration ---------------------------------------------------------------------------
+
+
+async def read_bootstrap_config(
+    datastore: Datastore, node: str, env_layer: Mapping[str, object]
+) -> FelixConfig:
+    """The configuration at start: FelixConfiguration `default` and `node.<node>` under the
+    `FELIX_*` layer, read once (one listing) before the agent syncs. When etcd does not answer the
+    environment alone decides (logged); invalid fields are reported and skipped, as the agent does.
+    """
+    view = ClusterView(node, env_layer, Calculator(node))
+    try:
+        kvs, _revision = await datastore.list_prefix(layout.FELIX_CONFIGURATIONS)
+    except MeshcryptError as exc:
+        log.warning(
+            "Cannot read the FelixConfigurations (%s); the WireGuard bootstrap uses the "
+            "environment only",
+            exc,
+        )
+        return resolve(env_layer)
+    for kv in kvs:
+        view.upsert(kv)
+    try:
+        return view.felix_config()
+    except (ConfigError, ValueError) as exc:
+        log.error("The configuration layers do not combine (%s); using the environment only", exc)
+        return resolve(env_layer)
 
 
 # ---- reading the facts ---------------------------------------------------------------------------
@@ -492,8 +552,9 @@ class DatastoreWatchdog:
         return self._fired
 
     def reachable(self) -> None:
-        if self._down_since is not None or self._fired:
-            log.debug("etcd reachable again")
+        if self._down_since is None and not self._fired:
+            return
+        log.debug("etcd reachable again")
         self._down_since = None
         self._fired = False
         self._wake.set()
@@ -530,3 +591,47 @@ class DatastoreWatchdog:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+
+# ---- the rebuildable datastore client ------------------------------------------------------------
+
+
+class SwitchableDatastore:
+    """A `Datastore` whose client can be replaced while the agent runs.
+
+    The bootstrap may drop etcd endpoints and the watchdog's last resort goes back to all of them;
+    everything in the agent (syncer, key publisher, status writes) keeps this one object. `replace`
+    closes the old client, so its calls and watches in flight end with `DatastoreUnavailable` and
+    the syncer lists again, through the new client, reconciling whatever changed meanwhile.
+    """
+
+    def __init__(self, inner: Datastore) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> Datastore:
+        return self._inner
+
+    async def replace(self, new: Datastore) -> None:
+        old, self._inner = self._inner, new
+        await old.close()
+
+    async def get(self, key: str) -> KeyValue | None:
+        return await self._inner.get(key)
+
+    async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self._inner.list_prefix(prefix)
+
+    def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        return self._inner.watch_prefix(prefix, start_revision)
+
+    async def txn(
+        self,
+        expect: Mapping[str, int],
+        puts: Mapping[str, bytes],
+        deletes: Sequence[str] = (),
+    ) -> bool:
+        return await self._inner.txn(expect, puts, deletes)
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -10,6 +10,11 @@ rest on the existing device and keeps the device's key. What the new manager can
 first, once, by a `Leftovers` job: the device under the old name when the interface name changed, and
 the routes and rule of the old table when the routing table changed (a changed rule priority with
 the same table is corrected by the new manager's rule resync).
+
+Host encryption's firewall part, the nftables mark on incoming WireGuard UDP
+(`meshcrypt.adapters.nft_mark`), is kept here too: written in the dataplane thread at the first
+apply, after every configuration change and at every resync (which also repairs a tampered or
+deleted table), and removed when host encryption or WireGuard goes off.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from meshcrypt.adapters.backend import Backend
+from meshcrypt.adapters.nft_mark import ports_to_mark
 from meshcrypt.model.config import FelixConfig, WireguardFamilyConfig
-from meshcrypt.model.errors import MeshcryptError
+from meshcrypt.model.errors import MeshcryptError, NotSupported
 from meshcrypt.model.keys import Key
 from meshcrypt.model.messages import DataplaneMessage
 from meshcrypt.model.net import IPFamily
@@ -28,7 +35,7 @@ from meshcrypt.ports import CachedClient, Netlink, NetlinkFactory, Sysfs
 from meshcrypt.routing.route_table import RouteTable
 from meshcrypt.routing.rules import RuleReconciler
 from meshcrypt.wireguard.dispatch import ManagerDispatch
-from meshcrypt.wireguard.manager import WireguardManager
+from meshcrypt.wireguard.manager import ManagerOptions, WireguardManager
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,12 @@ MtuSource = Callable[[FelixConfig, IPFamily], int | None]
 
 def no_mtu_detection(config: FelixConfig, family: IPFamily) -> int | None:
     return None
+
+
+class IncomingMark(Protocol):
+    """Marks incoming WireGuard UDP (`adapters.nft_mark.NftIncomingMark`); no ports: removed."""
+
+    def ensure(self, ports: Iterable[int], mark: int) -> bool: ...
 
 
 class Leftovers:
@@ -95,6 +108,7 @@ class Dataplane:
         sysfs: Sysfs,
         on_key: KeyCallback,
         mtu_source: MtuSource = no_mtu_detection,
+        incoming_mark: IncomingMark | None = None,
     ) -> None:
         self.hostname = hostname
         self.backend = backend
@@ -105,6 +119,10 @@ class Dataplane:
         self._dispatchers: list[ManagerDispatch] = []
         self._leftovers: list[Leftovers] = []
         self._lock = threading.Lock()  # guards against a second concurrent apply (a bug)
+        self._incoming_mark = incoming_mark
+        self._mark_wanted: tuple[tuple[int, ...], int] = ((), 0)
+        self._mark_dirty = incoming_mark is not None
+        self._mark_unsupported: str | None = None  # the NotSupported reason already logged
 
     def family_config(self, config: FelixConfig, family: IPFamily) -> WireguardFamilyConfig:
         return config.for_family(family, self._mtu_source(config, family))
@@ -115,11 +133,16 @@ class Dataplane:
         The caller replays the calculator's snapshot into the rebuilt managers (`dispatch_to`).
         """
         rebuilt = []
+        mark_wanted = (ports_to_mark(config), config.wireguard_mark)
+        if mark_wanted != self._mark_wanted:
+            self._mark_wanted = mark_wanted
+            self._mark_dirty = self._incoming_mark is not None
         for family in FAMILIES:
             wanted = self.family_config(config, family)
             current = self.managers.get(family)
             if current is not None and current.config == wanted:
                 continue
+            napi_warned = False
             if current is not None:
                 leftovers = Leftovers(current.config, wanted, self.backend.netlink)
                 if current.config.enabled and leftovers.needed:
@@ -129,12 +152,14 @@ class Dataplane:
                     family.label,
                     _diff(current.config, wanted),
                 )
-            self.managers[family] = self._manager(wanted)
+                # The same device: "threaded NAPI is not supported" need not be said again.
+                napi_warned = current.napi_warned and not leftovers.delete_device
+            self.managers[family] = self._manager(wanted, napi_warned)
             rebuilt.append(family)
         self._dispatchers = [ManagerDispatch(self.managers[f]) for f in FAMILIES]
         return rebuilt
 
-    def _manager(self, config: WireguardFamilyConfig) -> WireguardManager:
+    def _manager(self, config: WireguardFamilyConfig, napi_warned: bool) -> WireguardManager:
         family = IPFamily(config.family)
 
         def report(key: Key) -> None:
@@ -148,6 +173,8 @@ class Dataplane:
             sysfs=self._sysfs,
             status_callback=report,
             link_kind=self.backend.link_kind,
+            # Our datastore traffic may go to host addresses: see the manager's module docstring.
+            options=ManagerOptions(hold_host_routes_until_published=True, napi_warned=napi_warned),
         )
 
     def dispatch(self, messages: Iterable[DataplaneMessage]) -> None:
@@ -168,6 +195,7 @@ class Dataplane:
     def queue_resync(self) -> None:
         for manager in self.managers.values():
             manager.queue_resync()
+        self._mark_dirty = self._incoming_mark is not None
 
     def apply(self) -> None:
         """Program the kernel (blocking). Every part is tried; the first error is raised after."""
@@ -186,10 +214,34 @@ class Dataplane:
                     manager.apply()
                 except MeshcryptError as exc:
                     first = first or exc
+            try:
+                self._ensure_incoming_mark()
+            except MeshcryptError as exc:
+                first = first or exc
             if first is not None:
                 raise first
         finally:
             self._lock.release()
+
+    def _ensure_incoming_mark(self) -> None:
+        """Write (or remove) the nftables mark when it is due; a missing nft or nf_tables is
+        reported once and tried again at the next resync, other failures are retried."""
+        if not self._mark_dirty or self._incoming_mark is None:
+            return
+        ports, mark = self._mark_wanted
+        try:
+            self._incoming_mark.ensure(ports, mark)
+        except NotSupported as exc:
+            if ports and str(exc) != self._mark_unsupported:
+                log.warning(
+                    "Cannot mark incoming WireGuard packets (%s): with host encryption and strict "
+                    "reverse-path filtering (rp_filter=1) they will be dropped",
+                    exc,
+                )
+                self._mark_unsupported = str(exc)
+        except ValueError as exc:  # a port or mark nft cannot take: the config validation missed it
+            log.error("Cannot mark incoming WireGuard packets: %s", exc)
+        self._mark_dirty = False
 
 
 def _diff(old: WireguardFamilyConfig, new: WireguardFamilyConfig) -> str:

@@ -18,6 +18,12 @@ to the managers, then one `apply()`. An error leaves the work queued (the manage
 state) and the task retries after 0.1 s, doubling up to 30 s. The status task does the datastore
 writes in its own time, so an etcd outage never holds up the kernel — traffic keeps flowing with the
 last known state — and its own failures are retried the same way.
+
+With host encryption, a long outage is different: the datastore may be unreachable *because* of
+WireGuard (`meshcrypt.agent.bootstrap`). The watchdog task reports the syncer's state to a
+`DatastoreWatchdog`; when it expires, the last resort removes our WireGuard configuration and points
+the datastore client at every endpoint again, and the dataplane task *holds* (applies nothing, so the
+managers do not recreate the device with a key nobody knows) until the datastore answers again.
 """
 
 from __future__ import annotations
@@ -26,15 +32,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 
 from meshcrypt.adapters.backend import Backend
 from meshcrypt.agent.agent_metrics import AgentMetrics
+from meshcrypt.agent.bootstrap import DatastoreWatchdog
 from meshcrypt.agent.cluster import ClusterView
-from meshcrypt.agent.dataplane import FAMILIES, Dataplane, MtuSource, no_mtu_detection
+from meshcrypt.agent.dataplane import (
+    FAMILIES,
+    Dataplane,
+    IncomingMark,
+    MtuSource,
+    no_mtu_detection,
+)
 from meshcrypt.calc.calculator import Calculator
 from meshcrypt.datastore import ipam, registration
 from meshcrypt.datastore.node_status import KeyPublisher, normalise_public_key
@@ -50,6 +63,20 @@ log = logging.getLogger(__name__)
 
 RETRY_INITIAL = 0.1
 RETRY_MAX = 30.0
+DATASTORE_POLL = 1.0  # how often the watchdog task looks at the syncer's state
+
+#: The watchdog's last resort: remove our WireGuard configuration and rebuild the datastore client;
+#: True when something was removed (then the dataplane holds until the datastore answers).
+LastResort = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class HostEncryptionParts:
+    """What host encryption needs beyond the managers (built in `main`; fakes in tests)."""
+
+    incoming_mark: IncomingMark | None = None  # the nftables mark on incoming WireGuard UDP
+    watchdog: DatastoreWatchdog | None = None
+    last_resort: LastResort | None = None  # run when the watchdog expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +117,7 @@ class Agent:
         addresses: Callable[[], NodeAddresses],
         env_layer: dict[str, object],
         mtu_detector: MtuDetector | None = None,
+        host_encryption: HostEncryptionParts | None = None,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,7 +125,14 @@ class Agent:
         self._datastore = datastore
         self._mtu = mtu_detector
         mtu_source: MtuSource = mtu_detector if mtu_detector is not None else no_mtu_detection
-        self.dataplane = Dataplane(nodename, backend, sysfs, self._on_key, mtu_source)
+        parts = host_encryption if host_encryption is not None else HostEncryptionParts()
+        self.dataplane = Dataplane(
+            nodename, backend, sysfs, self._on_key, mtu_source, incoming_mark=parts.incoming_mark
+        )
+        self._watchdog = parts.watchdog
+        self._last_resort = parts.last_resort
+        self.holding = False  # the watchdog removed WireGuard: apply nothing until etcd answers
+        self._apply_lock = asyncio.Lock()  # an apply and the last resort never overlap
         self._addresses = addresses
         self._clock = clock
         self.metrics = metrics if metrics is not None else AgentMetrics()
@@ -133,6 +168,8 @@ class Agent:
             asyncio.create_task(self._dataplane_task(), name="dataplane"),
             asyncio.create_task(self._status_task(), name="status"),
         ]
+        if self._watchdog is not None and self._watchdog.enabled:
+            tasks.append(asyncio.create_task(self._watchdog_task(self._watchdog), name="watchdog"))
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         try:
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -153,7 +190,7 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        return self.syncer.synced.is_set() and self.last_apply_ok
+        return self.syncer.synced.is_set() and self.last_apply_ok and not self.holding
 
     # -- producers ----------------------------------------------------------------------------
 
@@ -163,6 +200,7 @@ class Agent:
         self._dataplane_wake.set()
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self._datastore_reachable()
         for kv in snapshot.changed:
             self.cluster.upsert(kv)
         for key in snapshot.removed:
@@ -248,6 +286,44 @@ class Agent:
         self._tunnels_dirty = True
         self._status_wake.set()
 
+    # -- the watchdog task -------------------------------------------------------------------
+
+    async def _watchdog_task(self, watchdog: DatastoreWatchdog) -> None:
+        """Report the syncer's state to the watchdog; run the last resort when it expires."""
+        expiries = asyncio.create_task(watchdog.run(self._watchdog_expired), name="watchdog-run")
+        try:
+            while True:
+                if not self.syncer.synced.is_set():
+                    watchdog.unreachable()
+                await asyncio.sleep(DATASTORE_POLL)
+        finally:
+            expiries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiries
+
+    def _datastore_reachable(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.reachable()
+        if self.holding:
+            log.info("The datastore answers again: programming WireGuard again")
+            self.holding = False
+            self._dataplane_wake.set()
+
+    async def _watchdog_expired(self) -> None:
+        if self._last_resort is None:
+            return
+        async with self._apply_lock:
+            try:
+                removed = await self._last_resort()
+            except MeshcryptError as exc:
+                log.error("The watchdog's last resort failed: %s", exc)
+                return
+        if removed:
+            # The rebuilt datastore client makes the syncer list again; its snapshot ends the hold.
+            log.warning("WireGuard removed; holding it until the datastore answers")
+            self.holding = True
+            self._full_resync_pending = True
+
     # -- the dataplane task -------------------------------------------------------------------
 
     async def _dataplane_task(self) -> None:
@@ -269,6 +345,12 @@ class Agent:
             await asyncio.wait_for(event.wait(), timeout)
 
     async def _dataplane_round(self) -> None:
+        async with self._apply_lock:
+            if self.holding:
+                return  # the watchdog removed WireGuard: wait for the datastore to answer
+            await self._dataplane_round_locked()
+
+    async def _dataplane_round_locked(self) -> None:
         now = self._clock()
         if self._dataplane_retry.at is not None and now < self._dataplane_retry.at:
             return  # woken by new work while backing off: it waits for the retry

@@ -1,9 +1,17 @@
 """`meshcrypt agent`: build the real adapters, wire them to the `Agent`, serve health and metrics.
 
 This is the one place that builds real objects. Bad settings never stop the agent: each is logged
-with what is used instead. SIGTERM and SIGINT stop the loop and leave the dataplane in place — the
-device, its peers, routes and rule keep carrying encrypted traffic, and wireguard-go (userspace
-backend) keeps running in its own process group — so a restarted agent adopts the device and its key.
+with what is used instead.
+
+Start-up order: the backend; a datastore client on every `ETCD_ENDPOINTS` entry; one read of the
+FelixConfigurations (environment only when etcd does not answer); with host encryption (or
+`FELIX_DBG_WGBOOTSTRAP`), the WireGuard bootstrap, whose chosen endpoints the client then uses;
+then the agent, with the watchdog whose last resort removes WireGuard and goes back to every
+endpoint (`meshcrypt.agent.bootstrap`).
+
+SIGTERM and SIGINT stop the loop and leave the dataplane in place — the device, its peers, routes
+and rule keep carrying encrypted traffic, and wireguard-go (userspace backend) keeps running in its
+own process group — so a restarted agent adopts the device and its key.
 """
 
 from __future__ import annotations
@@ -23,9 +31,17 @@ from meshcrypt.adapters.backend import Backend, BackendMode, select_backend
 from meshcrypt.adapters.etcd import EtcdDatastore
 from meshcrypt.adapters.http_endpoints import Handler, serve
 from meshcrypt.adapters.netlink import LinkMonitor, RtNetlink
+from meshcrypt.adapters.nft_mark import NftIncomingMark
 from meshcrypt.adapters.sysfs import FileSysfs
 from meshcrypt.adapters.wireguard_go import DEFAULT_STATE_DIR, WireguardGoSupervisor
-from meshcrypt.agent.loop import Agent, NodeAddresses
+from meshcrypt.agent.bootstrap import (
+    Bootstrapper,
+    DatastoreWatchdog,
+    SwitchableDatastore,
+    bootstrap_applies,
+    read_bootstrap_config,
+)
+from meshcrypt.agent.loop import Agent, HostEncryptionParts, LastResort, NodeAddresses
 from meshcrypt.agent.settings import AgentSettings, load_settings
 from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.config_parse import resolve
@@ -123,7 +139,12 @@ class _Servers:
     def _readiness(self) -> tuple[int, str, str]:
         if self.agent.ready:
             return 200, "text/plain", "ready\n"
-        why = "datastore not in sync" if not self.agent.syncer.synced.is_set() else "apply failing"
+        if self.agent.holding:
+            why = "WireGuard removed until the datastore answers"
+        elif not self.agent.syncer.synced.is_set():
+            why = "datastore not in sync"
+        else:
+            why = "apply failing"
         return 503, "text/plain", f"not ready: {why}\n"
 
     def _metrics_body(self) -> tuple[int, str, str]:
@@ -206,6 +227,35 @@ def _watch_links(loop: asyncio.AbstractEventLoop, agent: Agent) -> LinkMonitor |
     return monitor
 
 
+async def _bootstrap(
+    settings: AgentSettings, backend: Backend, datastore: SwitchableDatastore
+) -> tuple[Bootstrapper, LastResort]:
+    """Run the start-up bootstrap when it applies; the bootstrapper (for the watchdog) and the
+    watchdog's last resort."""
+    config = await read_bootstrap_config(datastore, settings.nodename, settings.env_layer)
+    bootstrapper = Bootstrapper(
+        node=settings.nodename,
+        config=config,
+        endpoints=settings.etcd_endpoints,
+        netlink=backend.netlink,
+        wireguard=backend.wireguard,
+        force=settings.bootstrap_forced,
+    )
+    if bootstrap_applies(config, force=settings.bootstrap_forced):
+        outcome = await bootstrapper.run(datastore)
+        if outcome.endpoints != settings.etcd_endpoints:
+            await datastore.replace(EtcdDatastore(list(outcome.endpoints)))
+
+    async def last_resort() -> bool:
+        outcome = await bootstrapper.last_resort(datastore)
+        if outcome.removals:
+            log.warning("Retrying with every etcd endpoint: %s", ", ".join(outcome.endpoints))
+        await datastore.replace(EtcdDatastore(list(outcome.endpoints)))
+        return bool(outcome.removals)
+
+    return bootstrapper, last_resort
+
+
 async def _run(settings: AgentSettings, state_dir: str) -> int:
     loop = asyncio.get_running_loop()
     env_config = resolve(settings.env_layer)
@@ -216,7 +266,8 @@ async def _run(settings: AgentSettings, state_dir: str) -> int:
         os.getpid(),
     )
     backend = await loop.run_in_executor(None, _backend, settings, env_config, state_dir)
-    datastore = EtcdDatastore(list(settings.etcd_endpoints))
+    datastore = SwitchableDatastore(EtcdDatastore(list(settings.etcd_endpoints)))
+    bootstrapper, last_resort = await _bootstrap(settings, backend, datastore)
     agent = Agent(
         settings.nodename,
         datastore,
@@ -225,12 +276,18 @@ async def _run(settings: AgentSettings, state_dir: str) -> int:
         addresses=lambda: _address_source(settings),
         env_layer=settings.env_layer,
         mtu_detector=_mtu_detector(),
+        host_encryption=HostEncryptionParts(
+            incoming_mark=NftIncomingMark(),
+            watchdog=DatastoreWatchdog(settings.bootstrap_timeout),
+            last_resort=last_resort,
+        ),
     )
     servers = _Servers(agent, backend)
     await servers.update(env_config)
     tasks: set[asyncio.Task[None]] = set()
 
     def config_changed(config: FelixConfig) -> None:
+        bootstrapper.config = config  # the last resort acts on the families enabled now
         task = loop.create_task(servers.update(config))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -1,8 +1,9 @@
 """The agent's own environment (`contract.md` §3) and its Felix parameter layers.
 
-`NODENAME`, `DATASTORE_TYPE`, `ETCD_ENDPOINTS`, `IP`, `IP6` and `MESHCRYPT_WIREGUARD_BACKEND` are read
-once at start. `FELIX_*` variables are the top configuration layer; an invalid one is reported by
-name and skipped (the lower layers apply), so a typo never stops the agent.
+`NODENAME`, `DATASTORE_TYPE`, `ETCD_ENDPOINTS`, `IP`, `IP6`, `MESHCRYPT_WIREGUARD_BACKEND`,
+`MESHCRYPT_WIREGUARD_BOOTSTRAP_TIMEOUT` and Felix's `FELIX_DBG_WGBOOTSTRAP` are read once at start.
+`FELIX_*` variables are the top configuration layer; an invalid one is reported by name and skipped
+(the lower layers apply), so a typo never stops the agent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from meshcrypt.agent.bootstrap import (
+    DEFAULT_TIMEOUT,
+    bootstrap_forced,
+    bootstrap_timeout_from_env,
+)
 from meshcrypt.model.config_parse import env_overrides
 from meshcrypt.model.errors import ConfigError
 
@@ -27,6 +33,8 @@ class AgentSettings:
     ip: str = "autodetect"
     ip6: str = "none"
     backend: str = "auto"
+    bootstrap_timeout: float = DEFAULT_TIMEOUT  # the watchdog's, in seconds; 0: no watchdog
+    bootstrap_forced: bool = False  # FELIX_DBG_WGBOOTSTRAP: bootstrap without host encryption
     env_layer: dict[str, object] = field(default_factory=dict)
     errors: tuple[ConfigError, ...] = ()
 
@@ -67,12 +75,17 @@ def load_settings(environ: Mapping[str, str]) -> AgentSettings:
         endpoints = DEFAULT_ENDPOINTS
     layer, env_errors = lenient_env_layer(environ)
     errors.extend(env_errors)
+    timeout, timeout_error = bootstrap_timeout_from_env(environ)
+    if timeout_error is not None:
+        errors.append(timeout_error)
     return AgentSettings(
         nodename=(environ.get("NODENAME", "").strip() or socket.gethostname()),
         etcd_endpoints=endpoints,
         ip=environ.get("IP", "").strip() or "autodetect",
         ip6=environ.get("IP6", "").strip() or "none",
         backend=environ.get("MESHCRYPT_WIREGUARD_BACKEND", "").strip() or "auto",
+        bootstrap_timeout=timeout,
+        bootstrap_forced=bootstrap_forced(environ),
         env_layer=layer,
         errors=tuple(errors),
     )

@@ -1,11 +1,14 @@
 """Dataplane: per-family managers rebuilt on a configuration change, with the calculator's snapshot
 replayed and what the old configuration left behind tidied; errors of one family do not hold up the
-other."""
+other. With host encryption: host addresses held back until our key is published, and the nftables
+incoming mark kept in step with the configuration."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
+from collections.abc import Iterable
 
 import pytest
 
@@ -14,10 +17,12 @@ from meshcrypt.calc.calculator import Calculator
 from meshcrypt.fakes import FakeKernel, Op
 from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.dataplane import Endpoint, RouteKind, Rule
-from meshcrypt.model.errors import KernelError, UpdateFailed
+from meshcrypt.model.errors import KernelError, NotSupported, UpdateFailed
 from meshcrypt.model.keys import Key
+from meshcrypt.model.messages import RouteType, RouteUpdate
 from meshcrypt.model.net import IPFamily
 from meshcrypt.model.resources import IPAMBlockResource, NodeResource
+from meshcrypt.wireguard.manager import napi_path
 from tests.unit.agent.helpers import fake_backend, new_key
 
 V4, V6 = IPFamily.V4, IPFamily.V6
@@ -27,6 +32,33 @@ IFACE_V6 = "wg-v6.cali"
 MARK = 0x100000
 ENABLED = FelixConfig(wireguard_enabled=True)
 BOTH = FelixConfig(wireguard_enabled=True, wireguard_enabled_v6=True)
+HOST_ENCRYPTION = FelixConfig(
+    wireguard_enabled=True, wireguard_enabled_v6=True, wireguard_host_encryption_enabled=True
+)
+
+
+class RecordingMark:
+    """An `IncomingMark` that records what it was asked for (and can refuse)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], int]] = []
+        self.error: Exception | None = None
+
+    def ensure(self, ports: Iterable[int], mark: int) -> bool:
+        self.calls.append((tuple(ports), mark))
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+def own_node(key: Key | None = None, key_v6: Key | None = None) -> NodeResource:
+    return NodeResource(
+        ME,
+        ipv4_address=ipaddress.IPv4Interface("192.168.0.1/24"),
+        ipv6_address=ipaddress.IPv6Interface("fd00:99::1/64"),
+        public_key=key,
+        public_key_v6=key_v6,
+    )
 
 
 class Rig:
@@ -35,19 +67,17 @@ class Rig:
     def __init__(self) -> None:
         self.kernel = FakeKernel(immediate_link_up=True)
         self.keys: list[tuple[IPFamily, Key]] = []
+        self.mark = RecordingMark()
         self.dataplane = Dataplane(
-            ME, fake_backend(self.kernel), self.kernel.sysfs, lambda f, k: self.keys.append((f, k))
+            ME,
+            fake_backend(self.kernel),
+            self.kernel.sysfs,
+            lambda f, k: self.keys.append((f, k)),
+            incoming_mark=self.mark,
         )
         self.calc = Calculator(ME)
         self.key_b, self.key_b6 = new_key(), new_key()
-        self.calc.on_node(
-            ME,
-            NodeResource(
-                ME,
-                ipv4_address=ipaddress.IPv4Interface("192.168.0.1/24"),
-                ipv6_address=ipaddress.IPv6Interface("fd00:99::1/64"),
-            ),
-        )
+        self.calc.on_node(ME, own_node())
         self.calc.on_node(
             "b",
             NodeResource(
@@ -89,6 +119,11 @@ class Rig:
 
     def last_key(self, family: IPFamily) -> Key:
         return [k for f, k in self.keys if f is family][-1]
+
+    def publish(self, **keys: Key | None) -> None:
+        """Our Node as the datastore shows it, with these keys (as the agent's syncer sees it)."""
+        self.calc.on_node(ME, own_node(keys.get("v4"), keys.get("v6")))
+        self.dataplane.dispatch(self.calc.flush())
 
 
 def started(config: FelixConfig = ENABLED) -> Rig:
@@ -269,3 +304,178 @@ def test_a_second_concurrent_apply_is_refused() -> None:
             rig.apply()
     finally:
         rig.dataplane._lock.release()
+
+
+# ---- host encryption -------------------------------------------------------------------------------
+
+B_HOST = {V4: "192.168.0.2/32", V6: "fd00:99::2/128"}
+B_BLOCK = {V4: "10.65.1.0/26", V6: "fd00:65:1::/122"}
+B_KEY = {V4: "key_b", V6: "key_b6"}
+
+
+@pytest.mark.parametrize("family", [V4, V6])
+def test_host_routes_wait_until_our_key_is_published(family: IPFamily) -> None:
+    """A fresh device's key is unknown to the other nodes: host addresses (our own datastore
+    traffic among them) are routed directly until the datastore shows the key; workload CIDRs
+    are not held, and the peer already accepts the host address (allowed IPs)."""
+    rig = started(HOST_ENCRYPTION)
+    iface = IFACE if family is V4 else IFACE_V6
+    index = rig.kernel.link(iface).index
+    peer = rig.kernel.device(iface).peers[getattr(rig, B_KEY[family])]
+    assert ipaddress.ip_network(B_HOST[family]) in peer.allowed_ips
+    assert rig.routes(1, family)[B_HOST[family]] == (RouteKind.THROW, None)
+    assert rig.routes(1, family)[B_BLOCK[family]] == (RouteKind.DEVICE, index)
+    assert not rig.dataplane.managers[family].host_routes_open
+
+    rig.publish(v4=rig.last_key(V4), v6=rig.last_key(V6))
+    rig.apply()
+    assert rig.routes(1, family)[B_HOST[family]] == (RouteKind.DEVICE, index)
+    assert rig.dataplane.managers[family].host_routes_open
+
+    # The device is lost (a new one, a new key): held again until that key is published.
+    old_key = rig.last_key(family)
+    rig.kernel.delete_link(iface)
+    rig.dataplane.on_link_event(iface, index, False, False)
+    rig.apply()
+    new_index = rig.kernel.link(iface).index
+    assert rig.last_key(family) == rig.kernel.device(iface).public_key != old_key
+    assert rig.routes(1, family)[B_HOST[family]] == (RouteKind.THROW, None)
+    assert rig.routes(1, family)[B_BLOCK[family]] == (RouteKind.DEVICE, new_index)
+    rig.publish(**{"v4" if family is V4 else "v6": rig.last_key(family)})
+    rig.apply()
+    assert rig.routes(1, family)[B_HOST[family]] == (RouteKind.DEVICE, new_index)
+
+
+def test_an_adopted_device_with_its_published_key_never_throws_host_routes() -> None:
+    """A restarted agent (same device, key already published) programs host routes through the
+    device in its first apply: nothing is routed around WireGuard, even for a moment."""
+    rig = started(HOST_ENCRYPTION)
+    rig.publish(v4=rig.last_key(V4), v6=rig.last_key(V6))
+    rig.apply()
+    restarted = Rig()
+    restarted.kernel = rig.kernel
+    restarted.dataplane = Dataplane(
+        ME, fake_backend(rig.kernel), rig.kernel.sysfs, lambda f, k: restarted.keys.append((f, k))
+    )
+    restarted.publish(v4=rig.last_key(V4), v6=rig.last_key(V6))
+    restarted.dataplane.configure(HOST_ENCRYPTION)
+    restarted.dataplane.dispatch(restarted.calc.snapshot())
+    counters = rig.kernel.counters
+    restarted.apply()
+    changed = rig.kernel.counters - counters
+    assert (changed.route_add, changed.route_update, changed.route_delete) == (0, 0, 0)
+    index = rig.kernel.link(IFACE).index
+    assert rig.routes(1)[B_HOST[V4]] == (RouteKind.DEVICE, index)
+
+
+def test_without_host_encryption_host_addresses_are_no_peer_cidrs() -> None:
+    rig = started(BOTH)
+    assert B_HOST[V4] not in rig.routes(1)
+    peer = rig.kernel.device(IFACE).peers[rig.key_b]
+    assert ipaddress.ip_network(B_HOST[V4]) not in peer.allowed_ips
+    assert rig.dataplane.managers[V4].host_routes_open
+
+
+def test_incoming_mark_follows_the_configuration_and_every_resync() -> None:
+    rig = started(BOTH)
+    assert rig.mark.calls == [((), MARK)]  # host encryption off: make sure no table is left
+    rig.apply()
+    assert len(rig.mark.calls) == 1  # not every apply
+    rig.configure(HOST_ENCRYPTION)
+    rig.apply()
+    assert rig.mark.calls[-1:] == [((51820, 51821), MARK)]
+    rig.dataplane.queue_resync()
+    rig.apply()
+    assert rig.mark.calls[-2:] == [((51820, 51821), MARK)] * 2  # resync: checked again
+    rig.configure(dataclasses.replace(HOST_ENCRYPTION, wireguard_enabled_v6=False))
+    rig.apply()
+    assert rig.mark.calls[-1:] == [((51820,), MARK)]
+    rig.configure(dataclasses.replace(HOST_ENCRYPTION, wireguard_host_encryption_enabled=False))
+    rig.apply()
+    assert rig.mark.calls[-1:] == [((), MARK)]  # removed
+    calls = len(rig.mark.calls)
+    rig.configure(dataclasses.replace(BOTH, wireguard_persistent_keepalive=5))
+    rig.apply()
+    assert len(rig.mark.calls) == calls  # nothing about the mark changed
+
+
+def test_incoming_mark_failures(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    rig.configure(HOST_ENCRYPTION)
+    rig.mark.error = KernelError("nft: busy")
+    with pytest.raises(KernelError):
+        rig.apply()
+    rig.mark.error = None
+    rig.apply()  # retried with the next apply
+    assert rig.mark.calls == [((51820, 51821), MARK)] * 2
+    rig.mark.error = NotSupported("nft not found")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            rig.dataplane.queue_resync()
+            rig.apply()  # not an apply error: reported once, tried again at each resync
+    assert len(rig.mark.calls) == 5
+    assert [r.getMessage() for r in caplog.records].count(
+        "Cannot mark incoming WireGuard packets (nft not found): with host encryption and strict "
+        "reverse-path filtering (rp_filter=1) they will be dropped"
+    ) == 1
+
+
+def test_napi_not_supported_is_reported_once_across_rebuilds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """wireguard-go's TUN refuses threaded NAPI: one warning, not one per rebuilt manager."""
+    threaded = dataclasses.replace(ENABLED, wireguard_threading_enabled=True)
+    rig = Rig()
+    rig.kernel.sysfs.refuse(napi_path(IFACE))
+    with caplog.at_level(logging.WARNING):
+        rig.configure(threaded)
+        rig.apply()
+        for keepalive in (5, 6, 7):
+            rig.configure(dataclasses.replace(threaded, wireguard_persistent_keepalive=keepalive))
+            rig.apply()
+            rig.dataplane.queue_resync()
+            rig.apply()
+    refused = [c for c in rig.kernel.sysfs.calls if c[0] == napi_path(IFACE)]
+    assert len(refused) == 7  # tried by every manager and at every resync
+    warnings = [r for r in caplog.records if "NAPI" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    # A renamed device is another device: it is reported for that one.
+    caplog.clear()
+    rig.kernel.sysfs.refuse(napi_path("wg-new"))
+    with caplog.at_level(logging.WARNING):
+        rig.configure(dataclasses.replace(threaded, wireguard_interface_name="wg-new"))
+        rig.apply()
+    assert len([r for r in caplog.records if "NAPI" in r.getMessage()]) == 1
+
+
+def test_napi_waits_for_a_peer_on_the_device() -> None:
+    """The kernel refuses the NAPI setting before the device has a peer; the local node's own
+    CIDRs alone (Felix's condition) are not enough to try."""
+    rig = Rig()
+    rig.calc.on_node("b", None)
+    rig.configure(dataclasses.replace(ENABLED, wireguard_threading_enabled=True))
+    rig.apply()
+    assert rig.kernel.sysfs.read(napi_path(IFACE)) is None
+    assert rig.dataplane.managers[V4].nodes  # the local node's block is known
+    rig.calc.on_node(
+        "b",
+        NodeResource(
+            "b", ipv4_address=ipaddress.IPv4Interface("192.168.0.2/24"), public_key=rig.key_b
+        ),
+    )
+    rig.dataplane.dispatch(rig.calc.flush())
+    rig.apply()
+    assert rig.kernel.sysfs.read(napi_path(IFACE)) == "1"
+
+
+def test_an_address_that_stops_being_a_host_address_is_no_longer_held() -> None:
+    rig = started(HOST_ENCRYPTION)
+    index = rig.kernel.link(IFACE).index
+    assert rig.routes(1)[B_HOST[V4]] == (RouteKind.THROW, None)
+    # The /32 stops being b's host address and becomes one of b's workload addresses.
+    rig.dataplane.dispatch([RouteUpdate(B_HOST[V4], RouteType.REMOTE_WORKLOAD, dst_node_name="b")])
+    rig.apply()
+    assert rig.routes(1)[B_HOST[V4]] == (RouteKind.DEVICE, index)
+    rig.dataplane.dispatch([RouteUpdate(B_HOST[V4], RouteType.REMOTE_HOST, dst_node_name="b")])
+    rig.apply()
+    assert rig.routes(1)[B_HOST[V4]] == (RouteKind.THROW, None)

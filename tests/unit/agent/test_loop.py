@@ -16,13 +16,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from meshcrypt.agent.loop import Agent, NodeAddresses
+from meshcrypt.agent.bootstrap import Bootstrapper, DatastoreWatchdog
+from meshcrypt.agent.loop import Agent, HostEncryptionParts, NodeAddresses
 from meshcrypt.datastore import layout
 from meshcrypt.fakes import FakeDatastore, FakeKernel, Op
+from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.dataplane import Endpoint, RouteKind, Rule
 from meshcrypt.model.errors import NotFound
 from meshcrypt.model.keys import Key
 from meshcrypt.model.net import IPFamily
+from meshcrypt.wireguard.manager import SRC_VALID_MARK
 from tests.unit.agent.helpers import (
     block_doc,
     block_key,
@@ -51,7 +54,11 @@ TUNNEL_HANDLE = layout.ipam_handle_key(layout.wireguard_handle_id(ME, V4))
 class Rig:
     """A FakeDatastore with a pool and WireGuard enabled, a FakeKernel, and an Agent on both."""
 
-    def __init__(self, env: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, object] | None = None,
+        host_encryption: HostEncryptionParts | None = None,
+    ) -> None:
         self.ds = FakeDatastore()
         self.kernel = FakeKernel(immediate_link_up=True)
         self.put(
@@ -66,6 +73,7 @@ class Rig:
             self.kernel.sysfs,
             addresses=lambda: NodeAddresses(ipv4=ipaddress.IPv4Interface(MY_ADDRESS)),
             env_layer=env or {},
+            host_encryption=host_encryption,
         )
 
     # -- datastore --------------------------------------------------------------------------------
@@ -443,5 +451,127 @@ def test_periodic_resync_repairs_out_of_band_changes() -> None:
                 ]
 
             await eventually("the resync repairs the route and rule", repaired)
+
+    run(main)
+
+
+# ---- host encryption: the watchdog -----------------------------------------------------------------
+
+
+def _watched_rig(host_encryption: bool, removals: list[str]) -> Rig:
+    """A Rig whose watchdog expires after 0.3 s without etcd; the last resort is main's: the
+    bootstrapper's removal, then (here) nothing to rebuild."""
+    holder: list[Rig] = []
+
+    async def no_sleep(_seconds: float) -> None:
+        return None
+
+    async def last_resort() -> bool:
+        rig = holder[0]
+        bootstrapper = Bootstrapper(
+            node=ME,
+            config=FelixConfig(
+                wireguard_enabled=True, wireguard_host_encryption_enabled=host_encryption
+            ),
+            endpoints=(),
+            netlink=rig.kernel.netlink_factory(),
+            wireguard=rig.kernel.wireguard_factory(),
+            sleep=no_sleep,
+        )
+        outcome = await bootstrapper.last_resort(rig.ds)
+        removals.extend(r.interface_name for r in outcome.removals)
+        return bool(outcome.removals)
+
+    env: dict[str, object] = {"wireguard_host_encryption_enabled": host_encryption}
+    parts = HostEncryptionParts(watchdog=DatastoreWatchdog(0.3), last_resort=last_resort)
+    rig = Rig(env=env, host_encryption=parts)
+    holder.append(rig)
+    return rig
+
+
+def test_watchdog_removes_wireguard_and_holds_until_the_datastore_answers() -> None:
+    removals: list[str] = []
+    rig = _watched_rig(True, removals)
+    key2 = new_key()
+    rig.add_remote("n2", 2, key2)
+
+    async def main() -> None:
+        async with rig.running() as agent:
+            await eventually("n2 is a peer", lambda: _has_peer(rig, key2))
+            await eventually("our key is published", _published_device_key(rig))
+            old_key = await rig.device_key()
+
+            rig.ds.go_down()
+            await eventually("the last resort ran", lambda: removals == [IFACE])
+            await eventually("holding", lambda: agent.holding)
+            assert not await rig.in_dataplane(lambda: rig.kernel.has_link(IFACE))
+            assert not agent.ready
+            # While holding, nothing recreates the device: not a resync, not a link event.
+            agent.on_link_event(IFACE, 99, False, False)
+            await asyncio.sleep(0.3)
+            assert not await rig.in_dataplane(lambda: rig.kernel.has_link(IFACE))
+
+            rig.ds.come_up()
+            await eventually("a new key is published", _published_device_key(rig, not_=old_key))
+            await eventually("n2 is a peer again", lambda: _has_peer(rig, key2))
+            await eventually("ready", lambda: agent.ready)
+            assert not agent.holding
+
+    run(main)
+
+
+def test_watchdog_without_host_encryption_keeps_wireguard() -> None:
+    removals: list[str] = []
+    rig = _watched_rig(False, removals)
+
+    async def main() -> None:
+        async with rig.running() as agent:
+            await rig.start_converged()
+            key = await rig.device_key()
+            rig.ds.go_down()
+            await eventually("the syncer notices", lambda: not agent.syncer.synced.is_set())
+            await asyncio.sleep(1.5)  # the watchdog has expired by now
+            assert removals == [] and not agent.holding
+            assert await rig.device_key() == key
+            rig.ds.come_up()
+            await eventually("ready again", lambda: agent.ready)
+
+    run(main)
+
+
+def _published_device_key(rig: Rig, not_: str = "") -> Callable[[], Any]:
+    async def check() -> bool:
+        key = await rig.device_key()
+        return bool(key) and key != not_ and rig.published_key() == key
+
+    return check
+
+
+def test_host_encryption_uses_the_node_address_and_no_tunnel_address() -> None:
+    rig = Rig(env={"wireguard_host_encryption_enabled": True})
+    key2 = new_key()
+    rig.add_remote("n2", 2, key2)
+
+    async def main() -> None:
+        async with rig.running():
+            await eventually("our key is published", _published_device_key(rig))
+
+            async def host_routed() -> bool:
+                peer = (await rig.peers()).get(key2)
+                routes = await rig.routes()
+                return (
+                    peer is not None
+                    and "192.168.0.2/32" in peer[1]
+                    and routes.get("192.168.0.2/32") is RouteKind.DEVICE
+                )
+
+            await eventually("n2's host address goes through WireGuard", host_routed)
+            assert rig.tunnel() == ""
+            assert TUNNEL_HANDLE not in rig.ds.snapshot()
+            addresses = await rig.in_dataplane(
+                lambda: [str(a.address) for a in rig.kernel.addresses_of(IFACE)]
+            )
+            assert addresses == [MY_ADDRESS.partition("/")[0]]
+            assert await rig.in_dataplane(lambda: rig.kernel.sysfs.read(SRC_VALID_MARK)) == "1"
 
     run(main)
