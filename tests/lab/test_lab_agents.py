@@ -27,6 +27,16 @@ def wireguard_go(lab: LabUnderTest) -> set[ProcessId]:
     return {p for p in found if p is not None}
 
 
+def diagnose(lab: LabUnderTest) -> str:
+    """What the nodes' devices and agents say, for a failure message."""
+    out = [lab.cli("status").stdout]
+    for node in lab.state().nodes:
+        out.append(lab.cli("exec", node.name, "--", "wg", "show").stdout)
+        log = (lab.dir / f"agent-{node.name}.log").read_text().splitlines()
+        out += [f"--- agent-{node.name}.log", *log[-25:]]
+    return "\n".join(out)
+
+
 @pytest.mark.parametrize("stack", ["ipv4", "dual-stack"])
 def test_agents_encrypt_pod_traffic_and_survive_a_restart(make_lab: LabFactory, stack: str):
     lab = make_lab()
@@ -43,8 +53,12 @@ def test_agents_encrypt_pod_traffic_and_survive_a_restart(make_lab: LabFactory, 
     assert "converged: every node's wireguard.cali" in res.stdout
     assert re.search(r"^node1 .* ready +published", res.stdout, re.MULTILINE)
 
+    # The project's own troubleshooting checks agree, run inside a node.
+    res = lab.cli("exec", "node1", "--", "meshcrypt", "doctor")
+    assert res.returncode == 0, res.stdout + res.stderr
+
     res = lab.cli("ping", "--count", "2")
-    assert res.returncode == 0, res.stdout
+    assert res.returncode == 0, res.stdout + diagnose(lab)
     res = lab.cli("capture", "node1", "--seconds", "1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert counted(res.stdout, "plaintext pod traffic") == 0
@@ -57,7 +71,7 @@ def test_agents_encrypt_pod_traffic_and_survive_a_restart(make_lab: LabFactory, 
     assert old is not None and not old.running()
     assert wireguard_go(lab) == started  # adopted, not restarted
     res = lab.cli("ping", "--count", "2")
-    assert res.returncode == 0, res.stdout
+    assert res.returncode == 0, res.stdout + diagnose(lab)
 
     lab.remember()
     res = lab.down()

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,6 +216,15 @@ def test_exec_runs_in_nodes_and_pods(lab_no_agents: LabUnderTest):
         *here, "sh", "-c", "echo --dir -- x; exit 5", env={"MESHCRYPT_LAB_DIR": "/nonexistent"}
     )
     assert res.returncode == 5 and res.stdout == "--dir -- x\n"
+    # In a node, meshcrypt's own commands find the node's name, etcd and the meshcrypt program.
+    res = lab_no_agents.cli(
+        "exec", "node2", "--", "sh", "-c", 'echo "$NODENAME $ETCD_ENDPOINTS"; command -v meshcrypt'
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"node2 http://{lab_no_agents.bridge_ip()}:2379",
+        str(Path(sys.executable).parent / "meshcrypt"),
+    ]
     res = lab_no_agents.cli("exec", "node9", "--", "true")
     assert res.returncode == 1 and "no node or pod named 'node9'" in res.stderr
 

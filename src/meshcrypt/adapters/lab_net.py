@@ -230,10 +230,6 @@ def link_names() -> list[str]:
     return names
 
 
-def link_exists(name: str) -> bool:
-    return Path(f"/sys/class/net/{name}").exists() or name in link_names()
-
-
 def delete_link(name: str) -> None:
     run_command(["ip", "link", "delete", "dev", name], check=False)
 

@@ -106,24 +106,6 @@ def stop(procs: Iterable[ProcessId], grace: float = 5.0) -> list[ProcessId]:
     return pending
 
 
-def interrupt(proc: ProcessId) -> None:
-    """SIGINT `proc` if it is still the recorded process (tcpdump flushes and exits on it)."""
-    if proc.running():
-        try:
-            os.kill(proc.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-
-
-def wait_gone(proc: ProcessId, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while proc.running():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_POLL)
-    return True
-
-
 # ---- finding processes ---------------------------------------------------------------------------
 
 
@@ -208,9 +190,10 @@ def run_many(
         return list(pool.map(lambda cmd: run(cmd, timeout=timeout), cmds))
 
 
-def run_attached(cmd: Sequence[str]) -> int:
-    """Run `cmd` with our stdin, stdout and stderr; its exit status. OSError if it cannot start."""
-    return subprocess.run(list(cmd), check=False).returncode
+def run_attached(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run `cmd` with our stdin, stdout and stderr (and `env`, default ours); its exit status.
+    OSError if it cannot start."""
+    return subprocess.run(list(cmd), env=None if env is None else dict(env), check=False).returncode
 
 
 class Background:

@@ -85,9 +85,9 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     ping.add_argument(
         "--deadline",
         type=_positive_int,
-        default=10,
-        help="seconds each ping may take to get them (default 10: a WireGuard handshake retry "
-        "takes 5)",
+        default=20,
+        help="seconds each ping may take to get them (default 20: WireGuard may need up to 15 to "
+        "recover a first handshake both ends started at once)",
     )
     ping.set_defaults(run=_run_ping)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from meshcrypt.adapters import lab_net, lab_proc
@@ -37,11 +39,20 @@ def prefix_for(state: LabState, target: str) -> list[str]:
 
 
 def exec_in(state: LabState, target: str, cmd: Sequence[str]) -> int:
-    """Run `cmd` in node or pod `target` with our terminal; its exit status."""
+    """Run `cmd` in node or pod `target` with our terminal; its exit status.
+
+    In a node, NODENAME and ETCD_ENDPOINTS are the node's and this interpreter's directory leads
+    PATH, so `meshcrypt status` (or `doctor`, …) run there just works.
+    """
     if not cmd:
         raise LabError("no command given: `meshcrypt lab exec <node|pod> -- CMD …`")
     full = [*prefix_for(state, target), *cmd]
+    env = dict(os.environ)
+    if target in state.node_names() and state.etcd is not None:
+        env["NODENAME"] = target
+        env["ETCD_ENDPOINTS"] = state.etcd.node_endpoint
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     try:
-        return lab_proc.run_attached(full)
+        return lab_proc.run_attached(full, env)
     except OSError as exc:
         raise LabError(f"cannot run {' '.join(cmd)} in {target}: {exc}") from exc
