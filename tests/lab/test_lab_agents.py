@@ -37,20 +37,29 @@ def diagnose(lab: LabUnderTest) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("stack", ["ipv4", "dual-stack"])
-def test_agents_encrypt_pod_traffic_and_survive_a_restart(make_lab: LabFactory, stack: str):
+@pytest.mark.parametrize(
+    ("flags", "devices"),
+    [
+        ([], "wireguard.cali"),
+        (["--ipv6"], "wg-v6.cali"),
+        (["--dual-stack"], "wireguard.cali, wg-v6.cali"),
+    ],
+    ids=["ipv4", "ipv6", "dual-stack"],
+)
+def test_agents_encrypt_pod_traffic_and_survive_a_restart(
+    make_lab: LabFactory, flags: list[str], devices: str
+):
     lab = make_lab()
-    family = ["--dual-stack"] if stack == "dual-stack" else []
-    res = lab.up("--nodes", "2", "--pods-per-node", "1", "--timeout", "60", *family)
+    res = lab.up("--nodes", "2", "--pods-per-node", "1", "--timeout", "60", *flags)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "converged in" in res.stdout
     started = wireguard_go(lab)
-    families = 2 if family else 1
-    assert len(started) == 2 * families  # one per node and family, outside the agents' sessions
+    # One per node and family, outside the agents' sessions.
+    assert len(started) == 2 * len(devices.split(", "))
 
     res = lab.cli("status")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "converged: every node's wireguard.cali" in res.stdout
+    assert f"converged: every node's {devices} has a peer" in res.stdout
     assert re.search(r"^node1 .* ready +published", res.stdout, re.MULTILINE)
 
     # The project's own troubleshooting checks agree, run inside a node.

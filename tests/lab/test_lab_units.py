@@ -360,3 +360,12 @@ def test_cluster_resources_are_written_once():
 
     with pytest.raises(LabError, match="already holds"):
         asyncio.run(scenario())
+
+
+def test_health_port_follows_the_agents_environment():
+    from meshcrypt.lab.agents import health_port
+
+    assert health_port({"FELIX_HEALTHENABLED": "true"}) == 9099
+    assert health_port({"FELIX_HEALTHENABLED": "True", "FELIX_HEALTHPORT": "9199"}) == 9199
+    assert health_port({"FELIX_HEALTHENABLED": "false"}) is None
+    assert health_port({}) is None

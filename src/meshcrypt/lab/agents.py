@@ -67,15 +67,13 @@ def start_agent(state: LabState, node: NodeRecord) -> ProcessId:
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     with log_path.open("a") as log:
         log.write(f"---- meshcrypt lab: agent of {node.name} starting at {stamp} ----\n")
+    env = agent_environment(state, node)
     try:
-        proc = lab_proc.spawn(
-            [*sim.nsenter_prefix, *agent_command()],
-            env=agent_environment(state, node),
-            log_path=log_path,
-        )
+        proc = lab_proc.spawn([*sim.nsenter_prefix, *agent_command()], env=env, log_path=log_path)
     except OSError as exc:
         raise LabError(f"cannot start the agent of {node.name}: {exc}") from exc
     node.agent = proc
+    node.health_port = health_port(env)
     state.save()
     return proc
 
@@ -90,12 +88,12 @@ def stop_agent(state: LabState, node: NodeRecord, grace: float = 10.0) -> None:
     state.save()
 
 
-def health_port() -> int | None:
-    """The port of the agents' health endpoint, None when the caller turned it off."""
-    if os.environ.get("FELIX_HEALTHENABLED", "true").strip().lower() not in ("true", "1", "yes"):
+def health_port(env: Mapping[str, str]) -> int | None:
+    """The port of an agent's health endpoint given its environment; None when it is off."""
+    if env.get("FELIX_HEALTHENABLED", "").strip().lower() not in ("true", "1", "yes"):
         return None
     try:
-        return int(os.environ.get("FELIX_HEALTHPORT", "9099"))
+        return int(env.get("FELIX_HEALTHPORT", "9099"))
     except ValueError:
         return None
 
@@ -161,17 +159,17 @@ def observe(state: LabState, nodes: Sequence[NodeRecord] | None = None) -> list[
     views = []
     for node in state.nodes if nodes is None else nodes:
         # The exit status first: checking whether it runs would reap it without one.
-        status = None if node.agent is None else lab_proc.exit_status(node.agent)
-        running = status is None and node.agent is not None and node.agent.running()
+        ended = None if node.agent is None else lab_proc.exit_status(node.agent)
+        running = ended is None and node.agent is not None and node.agent.running()
         view = NodeView(node.name, node.agent, running, resources.get(node.name))
-        view.exit_status = status
+        view.exit_status = ended
         try:
             sim = sim_node(node)
         except LabError:
             sim = None
-        port = health_port()
-        if running and port is not None:
-            view.ready = lab_net.http_status_in_netns(node.netns, port, "/readiness") == 200
+        if running and node.health_port is not None:
+            answer = lab_net.http_status_in_netns(node.netns, node.health_port, "/readiness")
+            view.ready = answer == 200
         for family in state.config.families:
             view.devices[family] = (
                 None if sim is None else read_device(sim, WIREGUARD_IFACE[family])

@@ -31,6 +31,7 @@ class NodeRecord:
     holder: ProcessId | None = None
     blocks: list[str] = field(default_factory=list)
     agent: ProcessId | None = None
+    health_port: int | None = None  # the agent's /readiness, when its health endpoint is on
 
 
 @dataclass
