@@ -279,6 +279,7 @@ class Resync:
     cpu_s: float  # agent CPU until programmed
     rss_programmed_mb: float
     hwm_mb: float = 0.0  # peak RSS over the whole run (set at the end)
+    rss_settled_mb: float = 0.0  # once idle after start-up
     floor_s: float = 0.0
     syncconf_s: float = 0.0
     floor_runs: list[float] = field(default_factory=list)
@@ -521,6 +522,7 @@ def agent_round(
         windows.close("startup")
         log(f"N={n}: programmed after {seconds:.2f} s; waiting for {name} to settle")
         r.settle_s = wait_idle(c, node, probe)
+        r.rss_settled_mb = memory_mb(agent_pid(node))["VmRSS"]
         if last and n in args.delta_sizes:
             log(f"N={n}: {args.changes} changes")
             with windows.open("delta"):
@@ -596,7 +598,7 @@ def ms(seconds: float | None) -> str:
 
 
 def _row(label: str, cells: Sequence[str]) -> str:
-    return f"  {label:44s}" + "".join(f"{cell:>12s}" for cell in cells)
+    return f"  {label:44s}" + "".join(f"{cell:>15s}" for cell in cells)
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
@@ -626,6 +628,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
             _row("agent / floor (target <= 1.5)", [f"{r.agent_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent apply / floor", [f"{r.programming_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent RSS when programmed", [f"{r.rss_programmed_mb:.0f} MB" for r in rs]),
+            _row("agent RSS once idle", [f"{r.rss_settled_mb:.0f} MB" for r in rs]),
             _row(
                 "agent peak RSS, VmHWM, highest run",
                 [f"{max(x.hwm_mb for x in e):.0f} MB" for e in every],
