@@ -1,6 +1,6 @@
 """`python -m bench.probe <meshcrypt arguments>`: the `meshcrypt` command, watched by the benchmark.
 
-The command runs unchanged; two environment variables add instrumentation, for benchmarks only:
+The command runs unchanged; three environment variables add instrumentation, for benchmarks only:
 
 * `MESHCRYPT_BENCH_PROBE=<unix datagram socket>`: after each dataplane apply the agent sends
   ``apply <start> <end> <full> <ok>`` (wall-clock seconds; full = the apply re-read the kernel; ok = it
