@@ -6,6 +6,11 @@ node is a `SimNode` (network namespace + private mount namespace) with `eth0` in
 192.168.<net>.<10+i>/24, and its loopback holding one "pod" address from the node's block
 once the block is known, so tests can send traffic between two nodes' blocks.
 
+`cluster(tmp_path, stack="v6")` builds an IPv6-only underlay instead (bridge fd00:<net>::1/64, nodes
+fd00:<net>::<10+i>/64, an IPv6 pool fd65::/48 with /122 blocks, WireGuard enabled for IPv6 only,
+agents with `IP=none` and `IP6` set); `stack="dual"` has both, with both pools, both families
+enabled and etcd on both bridge addresses.
+
 Agents run as `python -m meshcrypt agent` inside the node (nsenter), userspace backend, each in its
 own session; their logs go to the test's tmp folder. Everything is removed at the end: agents,
 wireguard-go processes (killed through the node's pids), namespaces, the bridge.
@@ -17,11 +22,12 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +35,13 @@ from typing import Any
 from meshcrypt.adapters.nodens import SimNode
 from meshcrypt.datastore import layout
 from tests.integration.etcd import EtcdServer, running_etcd
+from tests.integration.mesh import stop_capture
 
 IFACE = "wireguard.cali"
+IFACE6 = "wg-v6.cali"
 POOL = {"cidr": "10.65.0.0/16", "blockSize": 26}
+POOL6 = {"cidr": "fd65::/48", "blockSize": 122}
+STACKS = ("v4", "v6", "dual")
 
 
 def run(*cmd: str, check: bool = True) -> str:
@@ -74,11 +84,12 @@ def resource(kind: str, name: str, spec: dict[str, Any], **extra: Any) -> str:
 class AgentNode:
     name: str
     sim: SimNode
-    address: str  # underlay address without prefix
+    address: str  # underlay address without prefix (IPv4, or IPv6 in an IPv6-only cluster)
     log_path: Path
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     log_level: str = os.environ.get("MESHCRYPT_TEST_LOG_LEVEL", "INFO")
+    address6: str | None = None  # IPv6 underlay address without prefix (v6 and dual stacks)
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "agent already running"
@@ -148,6 +159,39 @@ class AgentNode:
         found: list[dict[str, Any]] = json.loads(self.sim.run("ip", "-j", family, "rule", "show"))
         return found
 
+    def route_kinds(self, family: str = "-4", table: int = 1) -> dict[str, str]:
+        """dst (always with its prefix length) -> "throw" or the device, for our table."""
+        host = "/32" if family == "-4" else "/128"
+        found = {}
+        for r in self.routes(table, family):
+            dst = r["dst"] if "/" in r["dst"] else r["dst"] + host
+            found[dst] = "throw" if r.get("type") == "throw" else r.get("dev", "?")
+        return found
+
+    def lose_dataplane(self) -> None:
+        """What a reboot loses: every WireGuard device (wireguard-go killed, so its key is gone),
+        our routing table and rules, the nftables table, and /run. Stop the agent first."""
+        assert not self.alive, "stop the agent first"
+        for pid in self.sim.pids():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                    os.kill(pid, signal.SIGKILL)
+        wait_for(
+            f"{self.name}'s WireGuard devices to go",
+            lambda: (
+                not any(
+                    self.sh("ip", "link", "show", name, check=False).strip()
+                    for name in (IFACE, IFACE6)
+                )
+            ),
+        )
+        for family in ("-4", "-6"):
+            self.sh("ip", family, "route", "flush", "table", "1", check=False)
+            while self.sh("ip", family, "rule", "show", "pref", "99").strip():
+                self.sh("ip", family, "rule", "del", "pref", "99")
+        self.sh("nft", "delete", "table", "inet", "meshcrypt", check=False)
+        self.sh("sh", "-c", "rm -f /run/wireguard/* /run/meshcrypt/*")
+
 
 @dataclass(eq=False)
 class Cluster:
@@ -156,28 +200,64 @@ class Cluster:
     net: int
     tmp: Path
     nodes: dict[str, AgentNode] = field(default_factory=dict)
+    stack: str = "v4"
+
+    @property
+    def ipv4(self) -> bool:
+        return self.stack in ("v4", "dual")
+
+    @property
+    def ipv6(self) -> bool:
+        return self.stack in ("v6", "dual")
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's IPv4 address (where etcd serves)."""
+        return f"192.168.{self.net}.1"
+
+    @property
+    def gateway6(self) -> str:
+        """The bridge's IPv6 address (where etcd serves in the v6 and dual stacks)."""
+        return f"fd00:{self.net}::1"
+
+    @property
+    def etcd_hosts(self) -> list[str]:
+        """The bridge addresses etcd serves on (for `classify_underlay`)."""
+        return [h for h, on in ((self.gateway, self.ipv4), (self.gateway6, self.ipv6)) if on]
 
     @property
     def etcd_url(self) -> str:
-        return f"http://192.168.{self.net}.1:{self.etcd.client_port}"
+        """etcd on the bridge: IPv4 unless the cluster is IPv6-only."""
+        host = self.gateway if self.ipv4 else f"[{self.gateway6}]"
+        return f"http://{host}:{self.etcd.client_port}"
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        """Every bridge address etcd serves on (the agents' ETCD_ENDPOINTS)."""
+        urls = [f"http://{self.gateway}:{self.etcd.client_port}"] if self.ipv4 else []
+        if self.ipv6:
+            urls.append(f"http://[{self.gateway6}]:{self.etcd.client_port}")
+        return urls
 
     def add_node(self, name: str, *, start: bool = True, **env: str) -> AgentNode:
         index = len(self.nodes) + 1
         sim = SimNode.create(f"mc{self.net}{name}")
         try:
-            address = self._wire(sim, name, index)
+            address, address6 = self._wire(sim, name, index)
         except BaseException:
             sim.destroy()
             raise
         node = AgentNode(
             name=name,
             sim=sim,
-            address=address,
+            address=address if address is not None else str(address6),
+            address6=address6,
             log_path=self.tmp / f"agent-{name}.log",
             env={
                 "NODENAME": name,
-                "ETCD_ENDPOINTS": self.etcd_url,
-                "IP": f"{address}/24",
+                "ETCD_ENDPOINTS": ",".join(self.etcd_urls),
+                "IP": f"{address}/24" if address is not None else "none",
+                "IP6": f"{address6}/64" if address6 is not None else "none",
                 "MESHCRYPT_WIREGUARD_BACKEND": "userspace",
                 "FELIX_HEALTHENABLED": "true",
                 **env,
@@ -188,10 +268,12 @@ class Cluster:
             node.start()
         return node
 
-    def _wire(self, sim: SimNode, name: str, index: int) -> str:
-        """eth0 into the bridge with 192.168.<net>.<10+index>/24 and a default route; the address."""
+    def _wire(self, sim: SimNode, name: str, index: int) -> tuple[str | None, str | None]:
+        """eth0 into the bridge with 192.168.<net>.<10+index>/24 and/or fd00:<net>::<10+index>/64
+        and default routes; the addresses."""
         host_end = f"v{self.net}{name}"[:15]
-        address = f"192.168.{self.net}.{10 + index}"
+        address = f"192.168.{self.net}.{10 + index}" if self.ipv4 else None
+        address6 = f"fd00:{self.net}::{10 + index}" if self.ipv6 else None
         run(
             "ip",
             "link",
@@ -206,10 +288,16 @@ class Cluster:
             sim.netns,
         )
         run("ip", "link", "set", host_end, "master", self.bridge, "up")
-        sim.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        if address is not None:
+            sim.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        if address6 is not None:
+            sim.run("ip", "-6", "addr", "add", f"{address6}/64", "dev", "eth0", "nodad")
         sim.run("ip", "link", "set", "eth0", "up")
-        sim.run("ip", "route", "add", "default", "via", f"192.168.{self.net}.1")
-        return address
+        if address is not None:
+            sim.run("ip", "route", "add", "default", "via", self.gateway)
+        if address6 is not None:
+            sim.run("ip", "-6", "route", "add", "default", "via", self.gateway6)
+        return address, address6
 
     # -- datastore helpers ------------------------------------------------------------------------
 
@@ -241,17 +329,26 @@ class Cluster:
     def put_json(self, key: str, doc: dict[str, Any]) -> None:
         self.etcd.put(key, json.dumps(doc))
 
+    def wireguard_spec(self, **spec: Any) -> dict[str, Any]:
+        """FelixConfiguration fields enabling WireGuard for the cluster's families, plus `spec`."""
+        wanted: dict[str, Any] = {}
+        if self.ipv4:
+            wanted["wireguardEnabled"] = True
+        if self.ipv6:
+            wanted["wireguardEnabledV6"] = True
+        return {**wanted, **spec}
+
     def set_felix(self, name: str = "default", **spec: Any) -> None:
         self.etcd.put(
             layout.felix_configuration_key(name), resource("FelixConfiguration", name, spec)
         )
 
-    def blocks_of(self, name: str) -> list[str]:
-        """The CIDRs of the IPAM blocks affine to `name` (from the blocks themselves)."""
+    def blocks_of(self, name: str, family: int = 4) -> list[str]:
+        """The CIDRs of the IPAM blocks of `family` affine to `name` (from the blocks themselves)."""
         import base64
         import urllib.request
 
-        prefix = "/calico/ipam/v2/assignment/ipv4/block/"
+        prefix = f"/calico/ipam/v2/assignment/ipv{family}/block/"
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         body = json.dumps(
             {
@@ -273,13 +370,17 @@ class Cluster:
                 found.append(doc["cidr"])
         return sorted(found)
 
-    def give_pod_address(self, node: AgentNode) -> str:
-        """Put the 10th address of the node's block on its loopback (a stand-in pod); the address."""
+    def give_pod_address(self, node: AgentNode, family: int = 4) -> str:
+        """Put the 10th address of the node's block of `family` on its loopback (a stand-in pod);
+        the address."""
         import ipaddress
 
-        (block,) = wait_for(f"a block for {node.name}", lambda: self.blocks_of(node.name))
+        (block,) = wait_for(
+            f"an IPv{family} block for {node.name}", lambda: self.blocks_of(node.name, family)
+        )
         addr = str(ipaddress.ip_network(block)[10])
-        node.sim.run("ip", "addr", "replace", f"{addr}/32", "dev", "lo")
+        length = 32 if family == 4 else 128
+        node.sim.run("ip", "addr", "replace", f"{addr}/{length}", "dev", "lo")
         return addr
 
     def destroy(self) -> None:
@@ -288,6 +389,98 @@ class Cluster:
         for node in self.nodes.values():
             node.sim.destroy()  # kills wireguard-go and anything else left in the node
         run("ip", "link", "delete", self.bridge, check=False)
+
+
+def mesh_converged(
+    c: Cluster,
+    nodes: list[AgentNode],
+    *,
+    endpoint: Callable[[AgentNode], str],
+    allowed: Callable[[AgentNode], set[str]],
+    node_ok: Callable[[AgentNode], bool] = lambda node: True,
+    iface: str = IFACE,
+    status_field: str = "wireguardPublicKey",
+) -> bool:
+    """Every node publishes its device's key (in `status_field`) and passes `node_ok`; every other
+    node is its peer on `iface`, with `endpoint(other)` and `allowed(other)` as allowed IPs."""
+    for node in nodes:
+        key = node.public_key(iface)
+        if not key or c.published_key(node.name, status_field) != key or not node_ok(node):
+            return False
+    for node in nodes:
+        peers = node.peers(iface)
+        want = {other.public_key(iface): other for other in nodes if other is not node}
+        if set(peers) != set(want):
+            return False
+        for key, other in want.items():
+            if peers[key]["endpoint"] != endpoint(other):
+                return False
+            if peers[key]["allowed_ips"] != allowed(other):
+                return False
+    return True
+
+
+WIREGUARD_PORTS = (51820, 51821)
+_ICMP6_CONTROL = ("neighbor", "router", "multicast listener")
+_PACKET = re.compile(r"\b(IP6?) (\S+) > (\S+?):? (.*)$")
+
+
+def _split_host_port(text: str, family: str) -> tuple[str, int | None]:
+    """tcpdump -nn's `addr.port` (or bare `addr` for ICMP): IPv4 has four dots without a port."""
+    head, _, tail = text.rpartition(".")
+    if family == "IP" and text.count(".") == 3:
+        return text, None
+    return (head, int(tail)) if tail.isdigit() else (text, None)
+
+
+def classify_underlay(lines: list[str], etcd_hosts: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Sort captured packets (tcpdump -nn lines): `wireguard` (UDP from or to a WireGuard port),
+    `etcd` (from or to one of `etcd_hosts`), `control` (ARP, IPv6 neighbour and router discovery)
+    and `other` — anything else, e.g. plaintext between two nodes."""
+    etcd = set(etcd_hosts)
+    found: dict[str, list[str]] = {"wireguard": [], "etcd": [], "control": [], "other": []}
+    for line in lines:
+        match = _PACKET.search(line)
+        if "ARP," in line or (
+            match is not None
+            and "ICMP6," in match.group(4)
+            and any(kind in match.group(4) for kind in _ICMP6_CONTROL)
+        ):
+            found["control"].append(line)
+            continue
+        if match is None:
+            found["other"].append(line)
+            continue
+        family, src, dst, rest = match.groups()
+        (src_ip, sport), (dst_ip, dport) = (
+            _split_host_port(src, family),
+            _split_host_port(dst, family),
+        )
+        if src_ip in etcd or dst_ip in etcd:
+            found["etcd"].append(line)
+        elif rest.startswith("UDP") and {sport, dport} & set(WIREGUARD_PORTS):
+            found["wireguard"].append(line)
+        else:
+            found["other"].append(line)
+    return found
+
+
+@contextlib.contextmanager
+def captured(node: AgentNode, path: Path) -> Iterator[list[str]]:
+    """tcpdump on the node's eth0 while the block runs; the list is filled when it ends.
+
+    `--immediate-mode`: without it tcpdump takes packets from the kernel in blocks handed over
+    after up to a second, and a capture stopped sooner than that loses the last ones."""
+    proc = node.sim.popen(
+        "tcpdump", "-i", "eth0", "-nn", "-U", "--immediate-mode", "-w", str(path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        time.sleep(1.0)  # attached before the traffic starts
+        yield lines
+    finally:
+        lines.extend(stop_capture(proc, path))
 
 
 def _new_bridge() -> tuple[int, str]:
@@ -302,19 +495,35 @@ def _new_bridge() -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, *, stack: str = "v4") -> Iterator[Cluster]:
     """A bridge `mcbr<net>` with 192.168.<net>.1/24, etcd serving on it, an IPPool and WireGuard on.
 
     `net` is picked from 100–199 by creating the bridge (atomic: a name in use fails), so test runs
-    in parallel, and the lab (192.168.50.0/24), never share an underlay."""
+    in parallel, and the lab (192.168.50.0/24), never share an underlay. `stack` is "v4", "v6" or
+    "dual" (see the module docstring)."""
+    if stack not in STACKS:
+        raise ValueError(f"stack must be one of {STACKS}, not {stack!r}")
     net, bridge = _new_bridge()
     try:
-        run("ip", "addr", "add", f"192.168.{net}.1/24", "dev", bridge)
+        hosts = []
+        if stack in ("v4", "dual"):
+            run("ip", "addr", "add", f"192.168.{net}.1/24", "dev", bridge)
+            hosts.append(f"192.168.{net}.1")
+        if stack in ("v6", "dual"):
+            run("ip", "-6", "addr", "add", f"fd00:{net}::1/64", "dev", bridge, "nodad")
+            hosts.append(f"[fd00:{net}::1]")
         run("ip", "link", "set", bridge, "up")
-        with running_etcd(tmp_path, extra_client_hosts=(f"192.168.{net}.1",)) as etcd:
-            c = Cluster(etcd=etcd, bridge=bridge, net=net, tmp=tmp_path)
-            etcd.put(layout.ip_pool_key("default-ipv4"), resource("IPPool", "default-ipv4", POOL))
-            c.set_felix(wireguardEnabled=True)
+        with running_etcd(tmp_path, extra_client_hosts=tuple(hosts)) as etcd:
+            c = Cluster(etcd=etcd, bridge=bridge, net=net, tmp=tmp_path, stack=stack)
+            if c.ipv4:
+                etcd.put(
+                    layout.ip_pool_key("default-ipv4"), resource("IPPool", "default-ipv4", POOL)
+                )
+            if c.ipv6:
+                etcd.put(
+                    layout.ip_pool_key("default-ipv6"), resource("IPPool", "default-ipv6", POOL6)
+                )
+            c.set_felix(**c.wireguard_spec())
             try:
                 yield c
             finally:

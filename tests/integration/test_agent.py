@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from meshcrypt.datastore import layout
-from tests.integration.cluster import AgentNode, Cluster, cluster, resource, wait_for
+from tests.integration.cluster import (
+    AgentNode,
+    Cluster,
+    cluster,
+    mesh_converged,
+    resource,
+    wait_for,
+)
 from tests.integration.mesh import classify, start_capture, stop_capture
 
 pytestmark = pytest.mark.integration
@@ -36,21 +43,13 @@ def expected_allowed(c: Cluster, name: str) -> set[str]:
 def converged(c: Cluster, nodes: list[AgentNode]) -> bool:
     """Every node's published key is its kernel key and every other keyed node is its peer with
     the right endpoint and allowed IPs (its block and tunnel address)."""
-    for node in nodes:
-        key = node.public_key()
-        if not key or c.published_key(node.name) != key or not tunnel_of(c, node.name):
-            return False
-    for node in nodes:
-        peers = node.peers()
-        want = {other.public_key(): other for other in nodes if other is not node}
-        if set(peers) != set(want):
-            return False
-        for key, other in want.items():
-            if peers[key]["endpoint"] != f"{other.address}:51820":
-                return False
-            if peers[key]["allowed_ips"] != expected_allowed(c, other.name):
-                return False
-    return True
+    return mesh_converged(
+        c,
+        nodes,
+        endpoint=lambda other: f"{other.address}:51820",
+        allowed=lambda other: expected_allowed(c, other.name),
+        node_ok=lambda node: bool(tunnel_of(c, node.name)),
+    )
 
 
 def route_kinds(node: AgentNode) -> dict[str, str]:
