@@ -56,6 +56,7 @@ from meshcrypt.model.config import FelixConfig
 from meshcrypt.model.errors import ConfigError, MeshcryptError
 from meshcrypt.model.keys import Key
 from meshcrypt.model.net import IPFamily
+from meshcrypt.model.resources import NodeResource
 from meshcrypt.ports import Datastore, EventKind, KeyValue, Sysfs, WatchEvent
 from meshcrypt.wireguard.mtu import MtuDetector
 
@@ -151,6 +152,9 @@ class Agent:
         self._dataplane_retry = _Retry()
         self._status_retry = _Retry()
         self._keys: dict[IPFamily, str] = {}  # the key each manager reported last ("" = none)
+        # Families whose key we asked to publish and have not seen in our Node since: until then
+        # a Node event showing another key is an older revision, not someone overwriting ours.
+        self._awaiting_echo: set[IPFamily] = set()
         self._registered = False
         self._tunnels_dirty = True
         self._blocks_dirty = True
@@ -258,21 +262,34 @@ class Agent:
                 self._blocks_dirty = True
             self._status_wake.set()
             return
-        for family, published in (
-            (IPFamily.V4, node.public_key),
-            (IPFamily.V6, node.public_key_v6),
-        ):
+        for family in FAMILIES:
             wanted = self._keys.get(family)
-            if wanted is not None and normalise_public_key(published) != wanted:
+            stored = self._stored_key(node, family)
+            if wanted is None or stored == wanted:
+                self._awaiting_echo.discard(family)
+            elif family not in self._awaiting_echo:
                 log.warning(
                     "The %s public key of node %s in the datastore is %r, not ours; restoring it",
                     family.label,
                     self.nodename,
-                    normalise_public_key(published),
+                    stored,
                 )
-                self.publisher.request(family, wanted)
+                self._request_key(family, wanted)
         self._tunnels_dirty = True
         self._status_wake.set()
+
+    @staticmethod
+    def _stored_key(node: NodeResource, family: IPFamily) -> str:
+        return normalise_public_key(
+            node.public_key if family is IPFamily.V4 else node.public_key_v6
+        )
+
+    def _request_key(self, family: IPFamily, text: str) -> None:
+        """Publish `text` as our key; events of our Node that do not show it yet are older."""
+        node = self.cluster.own_node
+        if node is None or self._stored_key(node, family) != text:
+            self._awaiting_echo.add(family)
+        self.publisher.request(family, text)
 
     def _on_key(self, family: IPFamily, key: Key) -> None:
         # Called by a manager during apply, in the dataplane thread: hand over to the loop.
@@ -282,7 +299,7 @@ class Agent:
         if self._keys.get(family) != text:
             log.info("%s public key of this node is now %r", family.label, text)
         self._keys[family] = text
-        self.publisher.request(family, text)
+        self._request_key(family, text)
         self._tunnels_dirty = True
         self._status_wake.set()
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from meshcrypt.model.dataplane import Endpoint, RouteKind, Rule
 from meshcrypt.model.errors import NotFound
 from meshcrypt.model.keys import Key
 from meshcrypt.model.net import IPFamily
+from meshcrypt.ports import EventKind, WatchEvent
 from meshcrypt.wireguard.manager import SRC_VALID_MARK
 from tests.unit.agent.helpers import (
     block_doc,
@@ -575,3 +577,26 @@ def test_host_encryption_uses_the_node_address_and_no_tunnel_address() -> None:
             assert await rig.in_dataplane(lambda: rig.kernel.sysfs.read(SRC_VALID_MARK)) == "1"
 
     run(main)
+
+
+def test_no_restore_warning_for_events_older_than_our_publication(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a key is reported, Node events written before its publication (etcd's watch lags
+    behind our own writes) still show the previous key: not someone overwriting ours (that case is
+    `test_an_overwritten_key_is_restored`)."""
+    rig = Rig()
+
+    async def main() -> None:
+        async with rig.running() as agent:
+            await rig.start_converged()
+            # An event written before the new key's publication: another change of our Node.
+            stale = rig.node()
+            stale["spec"]["addresses"] = [{"address": "192.168.0.100", "type": "ExternalIP"}]
+            revision = rig.ds.revision
+            agent._key_reported(V4, new_key().to_base64())  # a new device, a new key
+            agent._on_event(WatchEvent(EventKind.PUT, layout.node_key(ME), dump(stale), revision))
+            assert "not ours" not in caplog.text
+
+    with caplog.at_level(logging.WARNING):
+        run(main)
