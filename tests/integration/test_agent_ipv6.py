@@ -161,3 +161,32 @@ def test_dual_stack_cluster(tmp_path: Path) -> None:
         v6 = [line for line in found["wireguard"] if " IP6 " in line]
         assert len(v4) >= 10 and all(".51820 " in line for line in v4), found
         assert len(v6) >= 10 and all(".51821 " in line for line in v6), found
+
+        # Host encryption on: each family's node addresses join the peers and go through that
+        # family's device; both WireGuard ports are marked; tunnel addresses are released.
+        c.set_felix(**c.wireguard_spec(wireguardHostEncryptionEnabled=True))
+
+        def host_encrypted(node: AgentNode, other: AgentNode) -> bool:
+            for family in (V4, V6):
+                host = f"{family.address(other)}/{family.host_length}"
+                peer = node.peers(family.iface).get(other.public_key(family.iface))
+                if peer is None or host not in peer["allowed_ips"]:
+                    return False
+                kinds = node.route_kinds(family.flag)
+                (block,) = c.blocks_of(other.name, family.version)
+                if kinds.get(host) != family.iface or kinds.get(block) != family.iface:
+                    return False  # the device routes survive the address change too
+                if tunnel(c, node.name, family):
+                    return False
+            return "udp dport { 51820, 51821 }" in node.sh(
+                "nft", "list", "table", "inet", "meshcrypt", check=False
+            )
+
+        for node, other in ((a, b), (b, a)):
+            wait_for(f"{node.name} encrypts host traffic", host_encrypted, node, other, timeout=30)
+        with captured(a, tmp_path / "a-hosts.pcap") as lines:
+            assert ping_ok(a, a.address, b.address)
+            assert ping_ok(a, str(a.address6), str(b.address6))
+        found = classify_underlay(lines, c.etcd_hosts)
+        assert not found["other"], found["other"]
+        assert any(" IP6 " in line for line in found["wireguard"]), found

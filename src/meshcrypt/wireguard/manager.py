@@ -596,16 +596,24 @@ class WireguardManager:
         try:
             nl = self._nl.get()
             present = nl.addresses(self._link.index, self.family)
+            # The new address first: the kernel drops every IPv4 route through a device that
+            # loses its last address, so replacing one must never leave the device without any.
+            if want is not None and want not in present:
+                log.info("%s adding address %s", self._ctx, want.address)
+                nl.address_add(self._link.index, want)
+            removed = False
             for addr in present:
                 if addr != want and not addr.address.is_link_local:
                     log.info("%s removing old address %s", self._ctx, addr.address)
                     nl.address_delete(self._link.index, addr)
-            if want is not None and want not in present:
-                log.info("%s adding address %s", self._ctx, want.address)
-                nl.address_add(self._link.index, want)
+                    removed = True
         except KernelError as exc:
             self._nl.reset()
             raise UpdateFailed(f"address: {exc}") from exc
+        if removed and self.route_table is not None:
+            # Removing the last address (no address wanted) took our device routes with it:
+            # read the table back when the routes are applied, right after this.
+            self.route_table.queue_resync()
         self._out_of_sync.discard(SyncArea.ADDRESS)
 
     def _apply_routes(self) -> None:
