@@ -33,7 +33,7 @@ What this module does about it, per family (the decision table is in `meshcrypt.
   encrypted with a key they have never seen: dropped, so the new key is never published (step 4
   above, one rung later; Felix never meets it because the Kubernetes API is outside the mesh).
   So the WireGuard manager routes host addresses directly until etcd shows the device's key
-  (`WireguardManager(hold_host_routes_until_published=True)`), while its peers already carry them
+  (`ManagerOptions(hold_host_routes_until_published=True)`), while its peers already carry them
   as allowed IPs: a node that learnt the key first can reach us encrypted, and we still reach it
   directly. Workload CIDRs are not held. Once our key is in etcd, both sides encrypt::
 
@@ -43,7 +43,7 @@ What this module does about it, per family (the decision table is in `meshcrypt.
    2  publish A2 ─────── plain ──────────────────▶  etcd stores A2 ──▶ B programs A (A2)
    3  watch: our key is A2 ◀─ plain, or encrypted ── (B's replies, now encrypted: A has B as a
       (A accepts B's handshake: B is its peer)        peer, so it decrypts them)
-   4  B's host address → device ═════ WireGuard ═══▶ both directions encrypted
+   4  B's host address → device (A2 is published) ═ WireGuard ═▶ both directions encrypted
 
 * **while running**, `DatastoreWatchdog`: when no etcd endpoint has answered for 30 s
   (`MESHCRYPT_WIREGUARD_BOOTSTRAP_TIMEOUT`, 0 disables), `Bootstrapper.last_resort` removes our

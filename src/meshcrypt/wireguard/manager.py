@@ -13,16 +13,17 @@
 Which parts need a full read-back is kept as a set of `SyncArea`s. "Not supported" (no WireGuard in
 the kernel or backend) is a state: a zero key is published and nothing is retried until a resync.
 
-Host routes wait for our key (`ManagerOptions.hold_host_routes_until_published`, set by the agent). With host
-encryption, the remote nodes' host addresses are peer CIDRs, so the agent's own datastore traffic may
-go through WireGuard. A device with a key the other nodes do not know yet (new device: first start,
-reboot, re-creation) would then encrypt that traffic to peers that drop it, and the key could never
-be published if the datastore is reachable only through one of them. So, while the device's key is
-not the key the datastore shows for this node, the host CIDRs get *throw* routes (host traffic goes
-out directly), everything else is programmed as usual, and the peers keep the host CIDRs in their
-allowed IPs, so a peer that already knows our key can reach us encrypted. Once the datastore shows
-the device's key the host routes turn into device routes. Felix does not wait (its datastore, the
-Kubernetes API, sits outside the mesh); see `meshcrypt.agent.bootstrap` for the whole picture.
+Host routes wait for our key (`ManagerOptions.hold_host_routes_until_published`, set by the
+agent). With host encryption, the remote nodes' host addresses are peer CIDRs, so the agent's own
+datastore traffic may go through WireGuard. A device with a key the other nodes do not know yet
+(new device: first start, reboot, re-creation) would then encrypt that traffic to peers that drop
+it, and the key could never be published if the datastore is reachable only through one of them.
+So, while the device's key is not the key the datastore shows for this node, the host CIDRs get
+*throw* routes (host traffic goes out directly), everything else is programmed as usual, and the
+peers keep the host CIDRs in their allowed IPs, so a peer that already knows our key can reach us
+encrypted. Once the datastore shows the device's key the host routes turn into device routes.
+Felix does not wait (its datastore, the Kubernetes API, sits outside the mesh); see
+`meshcrypt.agent.bootstrap` for the whole picture.
 """
 
 from __future__ import annotations
