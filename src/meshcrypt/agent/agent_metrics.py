@@ -10,7 +10,8 @@
   in the log, with its retry delay.
 
 Gauges are computed on the agent's loop after each apply (never while the dataplane thread runs), so
-a scrape reads a consistent copy.
+a scrape reads a consistent copy. Computing them costs nothing that grows with the cluster: the
+managers keep their counts up to date as nodes change.
 """
 
 from __future__ import annotations
@@ -46,13 +47,9 @@ class AgentMetrics:
             labels = (("family", family.label),)
             if not manager.enabled:
                 continue
-            programmed = sum(
-                1
-                for name, node in manager.nodes.items()
-                if name != dataplane.hostname and node.programmed_key is not None
-            )
-            peers.append(Sample(labels, float(programmed)))
-            shared = len(manager.shared_key_nodes)
+            # The local node is never a peer and never owns a key in a manager's cache.
+            peers.append(Sample(labels, float(manager.programmed_peers)))
+            shared = manager.shared_key_count
             skipped.append(Sample((*labels, ("reason", "shared_key")), float(shared)))
             skipped.append(Sample((*labels, ("reason", "invalid_resource")), float(invalid_nodes)))
         self._peers = tuple(peers)

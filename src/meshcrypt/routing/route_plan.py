@@ -43,10 +43,11 @@ def plan_full(desired: Mapping[RouteKey, Route], observed_owned: Iterable[Route]
 
 def plan_delta(
     keys: Iterable[RouteKey],
-    desired: Mapping[RouteKey, Route],
+    desired: Mapping[RouteKey, Route | None],
     programmed: Mapping[RouteKey, Route],
 ) -> RoutePlan:
-    """Reconcile only the given keys against what we last programmed."""
+    """Reconcile only the given keys against what we last programmed (a key without a desired
+    route, absent from `desired` or None there, is deleted if it was programmed)."""
     delete: list[Route] = []
     replace: list[Route] = []
     for key in keys:

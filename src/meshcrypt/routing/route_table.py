@@ -109,28 +109,42 @@ class RouteTable:
         return Route(self.table, dst, kind, None, self.protocol, self._metric)
 
     def apply(self) -> RoutePlan:
-        """Program the kernel. Raises UpdateFailed (and schedules a full resync) on any error."""
+        """Program the kernel. Raises UpdateFailed (and schedules a full resync) on any error.
+
+        A delta plans and records only the CIDRs that changed since the last apply, so its cost
+        does not grow with the table; a full resync builds every desired route once.
+        """
         if not self._enabled:
             self._dirty.clear()
             self._full_resync = False
             return RoutePlan()
         try:
-            plan = self._plan()
-            self._execute(plan)
+            if self._full_resync:
+                desired = self.desired_routes()
+                observed = self._netlink.get().routes(self.table, self.family)
+                owned = [r for r in observed if is_owned(r, self.table, self._ifindex)]
+                plan = plan_full(desired, owned)
+                self._execute(plan)
+                self._programmed = desired
+            else:
+                wanted = {
+                    RouteKey(self.table, dst, self._metric): self._desired_route(dst)
+                    for dst in self._dirty
+                }
+                plan = plan_delta(wanted, wanted, self._programmed)
+                self._execute(plan)
+                for key, route in wanted.items():
+                    if route is None:
+                        self._programmed.pop(key, None)
+                    else:
+                        self._programmed[key] = route
         except KernelError as exc:
             self._full_resync = True
             self._netlink.reset()
             raise UpdateFailed(f"{self.family.label} route table {self.table}: {exc}") from exc
+        self._dirty.clear()
+        self._full_resync = False
         return plan
-
-    def _plan(self) -> RoutePlan:
-        desired = self.desired_routes()
-        if self._full_resync:
-            observed = self._netlink.get().routes(self.table, self.family)
-            owned = [r for r in observed if is_owned(r, self.table, self._ifindex)]
-            return plan_full(desired, owned)
-        keys = {RouteKey(self.table, dst, self._metric) for dst in self._dirty}
-        return plan_delta(keys, desired, self._programmed)
 
     def _execute(self, plan: RoutePlan) -> None:
         netlink = self._netlink.get()
@@ -150,6 +164,3 @@ class RouteTable:
                 self.table,
             )
             netlink.routes_replace(plan.replace)
-        self._programmed = self.desired_routes()
-        self._dirty.clear()
-        self._full_resync = False

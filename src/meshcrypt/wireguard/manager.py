@@ -190,6 +190,16 @@ class WireguardManager:
         return self._cache.nodes
 
     @property
+    def programmed_peers(self) -> int:
+        """How many remote nodes are programmed as peers (kept up to date: no walk)."""
+        return self._cache.programmed_count
+
+    @property
+    def shared_key_count(self) -> int:
+        """How many remote nodes are not programmed because their key is shared (no walk)."""
+        return self._cache.shared_key_count
+
+    @property
     def shared_key_nodes(self) -> list[str]:
         """Remote nodes not programmed because another node publishes the same key."""
         return sorted(
@@ -634,7 +644,7 @@ class WireguardManager:
                     if not config.is_empty:
                         wg.configure(iface, config)
                 for name, key in plan.programmed.items():
-                    self._cache.nodes[name].programmed_key = key
+                    self._cache.set_programmed(name, key)
         except KernelError as exc:
             self._wg.reset()
             log.warning("%s WireGuard programming failed; full resync next time", self._ctx)
@@ -652,8 +662,8 @@ class WireguardManager:
         )
         if not plan.config.is_empty:
             wg.configure(iface, plan.config)
-        for name, node in self._cache.nodes.items():
-            node.programmed_key = plan.programmed.get(name)
+        for name in self._cache.nodes:
+            self._cache.set_programmed(name, plan.programmed.get(name))
         self._device_key = plan.public_key
         if plan.public_key != self._our_key:
             log.info("%s public key has been updated; sending a status notification", self._ctx)
@@ -663,9 +673,7 @@ class WireguardManager:
         # The kernel has NAPI contexts only once the device has a peer (it refuses the write
         # before); Felix waits for any cached node, the local one included, and so reports a
         # kernel that would accept the write a moment later as not supporting it.
-        if SyncArea.NAPI not in self._out_of_sync or not any(
-            node.programmed_key is not None for node in self._cache.nodes.values()
-        ):
+        if SyncArea.NAPI not in self._out_of_sync or not self._cache.programmed_count:
             return
         threaded = self.config.threading
         try:

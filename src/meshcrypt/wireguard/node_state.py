@@ -3,6 +3,10 @@
 Updates are recorded as pending deltas per node (`NodeUpdate`); `apply()` folds them into the cache
 (`NodeData`) in one go. A delta that is undone before the next apply (an endpoint changed and changed
 back, a CIDR added and removed) cancels out and causes no kernel work.
+
+Everything an apply does here costs in proportion to the nodes it touches, never to the cache: the
+counts the agent's metrics read (programmed peers, nodes sharing a key) are kept up to date as nodes
+change, and pruning looks only at nodes touched since they were last seen non-empty.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ class NodeData:
     endpoint: IPAddress | None = None
     public_key: Key = ZERO_KEY
     cidrs: set[CIDR] = field(default_factory=set)
-    programmed_key: Key | None = None  # the key this node is programmed under on the device
+    #: The key this node is programmed under on the device; set through
+    #: `NodeCache.set_programmed`, which keeps the count of programmed nodes.
+    programmed_key: Key | None = None
     routing_to_wireguard: bool = False
 
     @property
@@ -57,6 +63,9 @@ class NodeCache:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeData] = {}
         self.key_owners: dict[Key, set[str]] = {}
+        self.programmed_count = 0  # nodes with a `programmed_key`
+        self.shared_key_count = 0  # nodes whose (non-zero) key another node claims too
+        self._prune_candidates: set[str] = set()  # every node that may be empty is in here
 
     def owners(self, key: Key) -> set[str]:
         return self.key_owners.get(key, set())
@@ -67,6 +76,12 @@ class NodeCache:
         if node is None or node.endpoint is None or node.public_key.is_zero:
             return False
         return len(self.owners(node.public_key)) == 1
+
+    def set_programmed(self, name: str, key: Key | None) -> None:
+        """Record the key node `name` is programmed under on the device (None: not a peer)."""
+        node = self.nodes[name]
+        self.programmed_count += (key is not None) - (node.programmed_key is not None)
+        node.programmed_key = key
 
     def fold(self, updates: dict[str, NodeUpdate]) -> tuple[set[str], set[CIDR], set[Key]]:
         """Apply pending updates. Returns (changed nodes, deleted CIDRs, keys whose owners changed)."""
@@ -88,28 +103,44 @@ class NodeCache:
             node.cidrs |= update.cidrs_added
             deleted_cidrs |= update.cidrs_deleted
             changed.add(name)
+        self._prune_candidates |= changed
         return changed, deleted_cidrs, keys_changed
 
     def _reindex(self, name: str, old: Key, new: Key, keys_changed: set[Key]) -> None:
         if not old.is_zero:
             owners = self.key_owners.get(old, set())
+            before = len(owners)
             owners.discard(name)
+            self._count_shared(before, len(owners))
             if not owners:
                 self.key_owners.pop(old, None)
             keys_changed.add(old)
         if not new.is_zero:
-            self.key_owners.setdefault(new, set()).add(name)
+            owners = self.key_owners.setdefault(new, set())
+            before = len(owners)
+            owners.add(name)
+            self._count_shared(before, len(owners))
             keys_changed.add(new)
+
+    def _count_shared(self, before: int, after: int) -> None:
+        """A key's owners went from `before` to `after`: count its nodes in or out of the shared."""
+        self.shared_key_count += (after if after > 1 else 0) - (before if before > 1 else 0)
 
     def prune(self, *, forget_programmed: bool = False) -> None:
         """Forget nodes that have nothing left: no endpoint, CIDRs or key.
 
         A node still programmed on the device is kept until its peer is removed, unless a full
-        resync is due anyway (`forget_programmed`), which removes peers nobody claims.
+        resync is due anyway (`forget_programmed`), which removes peers nobody claims. Only nodes
+        changed since they were last found non-empty (or kept while programmed) are looked at.
         """
-        for name in [
-            n
-            for n, d in self.nodes.items()
-            if d.is_empty and (d.programmed_key is None or forget_programmed)
-        ]:
+        kept: set[str] = set()
+        for name in self._prune_candidates:
+            node = self.nodes.get(name)
+            if node is None or not node.is_empty:
+                continue
+            if node.programmed_key is not None and not forget_programmed:
+                kept.add(name)
+                continue
+            self.set_programmed(name, None)
             del self.nodes[name]
+        self._prune_candidates = kept
