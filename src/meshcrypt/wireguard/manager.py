@@ -153,6 +153,10 @@ class WireguardManager:
         self._napi_warned = options.napi_warned  # "threaded NAPI is not supported" was logged
         self._link: Link | None = None
         self._iface_up = False
+        # The ifindex of a link this manager created or set up itself, until the link monitor
+        # reports it up: the events before that are the echo of our own doing (see
+        # `on_iface_state_changed`).
+        self._link_echo: int | None = None
         self._our_key: Key | None = None
         self._key_reported = False
         self._tunnel_addr: IPAddress | None = None
@@ -354,6 +358,8 @@ class WireguardManager:
     ) -> None:
         if name != self.config.interface_name:
             return
+        if self._is_echo(ifindex, up, present):
+            return
         if up and not self._iface_up:
             log.info("%s interface is up; full WireGuard resync", self._ctx)
             self._out_of_sync.add(SyncArea.WIREGUARD)
@@ -365,8 +371,33 @@ class WireguardManager:
         if self.route_table is not None:
             self.route_table.on_iface_state(name, ifindex, up and present)
 
+    def _is_echo(self, ifindex: int, up: bool, present: bool) -> bool:
+        """Whether a link event only replays what this manager did and saw itself.
+
+        Creating the device and setting it up produce a few "down" events and then one "up" (the
+        kernel reports the operational state, which follows a moment later). They arrive after
+        the apply that caused them, which already programmed everything through the device it
+        saw up. Taken at face value they would drop every device route from the route table's
+        record and force a full WireGuard resync: everything programmed a second time. So while
+        the manager holds the link it brought up, events for that ifindex up to the first "up"
+        change nothing; any other event ends the echo and is handled as usual (a real flap after
+        our own "up" event is seen as one).
+        """
+        echo, self._link_echo = self._link_echo, None
+        if echo is None or echo != ifindex or not present:
+            return False
+        if self._link is None or self._link.index != ifindex or not self._iface_up:
+            return False  # not (or no longer) holding it up: the event may matter
+        if not up:
+            self._link_echo = echo  # still the echo, until the "up"
+        log.debug(
+            "%s link event (index %d, up=%s): our own change; nothing to do", self._ctx, ifindex, up
+        )
+        return True
+
     def queue_resync(self) -> None:
         self._out_of_sync = set(SyncArea)
+        self._link_echo = None  # the link is read again: later events are taken as they come
         self._not_supported = False
         if self.route_table is not None:
             self.route_table.queue_resync()
@@ -536,6 +567,7 @@ class WireguardManager:
             if link is None:
                 raise WaitingForLink(iface)
             log.info("%s created WireGuard device (index %d)", self._ctx, link.index)
+            self._link_echo = link.index
         if link.kind != self._link_kind:
             raise UpdateFailed(
                 f"{self._ctx} interface {iface} has type {link.kind!r}, expected {self._link_kind!r}"
@@ -546,6 +578,7 @@ class WireguardManager:
         if not link.admin_up:
             log.info("%s interface is not admin up; enabling it", self._ctx)
             nl.link_set_up(link.index)
+            self._link_echo = link.index
             link = nl.link_by_name(iface)
             if link is None or not link.admin_up:
                 log.info("%s waiting for the WireGuard link to come up", self._ctx)
