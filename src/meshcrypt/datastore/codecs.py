@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
@@ -185,13 +186,51 @@ def _of_family(fields: _Fields, name: str, value: object, cls: type[_T], family:
 
 # ---- Node ----------------------------------------------------------------------------------------
 
+#: An IPv4 address as `ipaddress` prints it, optionally with a decimal prefix length.
+_IPV4_TEXT = re.compile(
+    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
+    r"(?:/([0-9]{1,2}))?"
+)
+
+
+def _fast_ipv4(text: str) -> tuple[int, int | None] | None:
+    """(address, prefix length or None) of plain dotted-decimal IPv4 text, else None.
+
+    The common case, decoded from integers: `ipaddress`'s text parser costs several times as much
+    and runs for every Node of the cluster. Anything else (IPv6, netmasks, bad text) returns None
+    and goes through `ipaddress`, which gives the same value or the error message.
+    """
+    match = _IPV4_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    a, b, c, d, prefix = match.groups()
+    octets = int(a), int(b), int(c), int(d)
+    prefixlen = None if prefix is None else int(prefix)
+    if max(octets) > 255 or (prefixlen is not None and prefixlen > 32):
+        return None
+    return (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3], prefixlen
+
+
+def _ip_interface(text: str) -> IPInterface:
+    fast = _fast_ipv4(text)
+    if fast is not None and fast[1] is not None:
+        return IPv4Interface(fast)
+    return ipaddress.ip_interface(text)
+
+
+def _ip_address(text: str) -> IPAddress:
+    fast = _fast_ipv4(text)
+    if fast is not None and fast[1] is None:
+        return IPv4Address(fast[0])
+    return ipaddress.ip_address(text)
+
 
 def _bgp_address(bgp: _Fields, name: str) -> IPInterface | None:
     text = bgp.str_or_none(name)
     if text is None or "/" not in text:
         return None  # Felix reads only the CIDR form; a bare IP is ignored, as there
     try:
-        return ipaddress.ip_interface(text.strip())
+        return _ip_interface(text.strip())
     except ValueError as exc:
         raise bgp.error(name, f"bad address: {exc}") from exc
 
@@ -201,7 +240,7 @@ def _tunnel_address(wg: _Fields, name: str) -> IPAddress | None:
     if text is None:
         return None
     try:
-        return ipaddress.ip_address(text.strip())
+        return _ip_address(text.strip())
     except ValueError as exc:
         raise wg.error(name, f"bad address: {exc}") from exc
 
@@ -336,7 +375,10 @@ def decode_ipam_block(key: str, value: bytes) -> IPAMBlockResource:
     text = fields.str_or_none("cidr")
     if text is None:
         raise fields.error("cidr", "missing")
-    cidr = _cidr(fields, "cidr", text)
+    # The usual value is the key's own CIDR as text (the key's segment with "/" for its first
+    # "-", as `layout.block_name` writes it): no need to parse it again.
+    same = text == key.rsplit("/", 1)[1].replace("-", "/", 1)
+    cidr = key_cidr if same else _cidr(fields, "cidr", text)
     if cidr != key_cidr:
         raise fields.error("cidr", f"{cidr} does not match the key's block {key_cidr}")
     affinity = fields.str_or_none("affinity")

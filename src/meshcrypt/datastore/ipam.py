@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from meshcrypt.datastore import codecs, layout
@@ -92,10 +92,6 @@ def _within(inner: CIDR, outer: CIDR) -> bool:
     if isinstance(inner, IPv6Network) and isinstance(outer, IPv6Network):
         return inner.subnet_of(outer)
     return False
-
-
-def _overlap(a: CIDR, b: CIDR) -> bool:
-    return _within(a, b) or _within(b, a)
 
 
 def _in_pools(cidr: CIDR, pools: Sequence[IPPoolResource]) -> bool:
@@ -295,33 +291,56 @@ async def _read_handle(datastore: Datastore, handle_id: str) -> _Handle:
 # ---- block claim ---------------------------------------------------------------------------------
 
 
-async def _affine_blocks(
-    datastore: Datastore, node: str, family: IPFamily
-) -> tuple[dict[CIDR, IPAMBlockResource | None], list[CIDR], dict[CIDR, KeyValue]]:
-    """Every block of the family (None: unreadable value), the node's affine blocks (lowest
-    first), and the node's affinity keys by CIDR."""
-    blocks: dict[CIDR, IPAMBlockResource | None] = {}
-    listed, _ = await datastore.list_prefix(layout.ipam_blocks_prefix(family))
-    for kv in listed:
-        cidr = layout.parse_block_key(kv.key)
-        if cidr is None:
-            continue
-        try:
-            blocks[cidr] = codecs.decode_ipam_block(kv.key, kv.value)
-        except codecs.ResourceError as exc:
-            log.warning("skipping %s", exc)
-            blocks[cidr] = None  # still occupies its range
+def _cidr_order(cidr: CIDR) -> tuple[int, int]:
+    return (int(cidr.network_address), cidr.prefixlen)
+
+
+async def _affinities(datastore: Datastore, node: str, family: IPFamily) -> dict[CIDR, KeyValue]:
+    """The node's block affinity keys of the family, by CIDR."""
     affinities: dict[CIDR, KeyValue] = {}
     listed, _ = await datastore.list_prefix(layout.block_affinities_prefix(node, family))
     for kv in listed:
         parsed = layout.parse_affinity_key(kv.key)
         if parsed is not None:
             affinities[parsed[1]] = kv
-    mine = sorted(
-        (c for c, b in blocks.items() if b is not None and b.node == node and not b.deleted),
-        key=lambda c: (c.network_address, c.prefixlen),
-    )
-    return blocks, mine, affinities
+    return affinities
+
+
+def _decode_block(kv: KeyValue) -> IPAMBlockResource | None:
+    """The block, or None (logged) when its value is unreadable: it still occupies its range."""
+    try:
+        return codecs.decode_ipam_block(kv.key, kv.value)
+    except codecs.ResourceError as exc:
+        log.warning("skipping %s", exc)
+        return None
+
+
+def _is_mine(block: IPAMBlockResource | None, node: str) -> bool:
+    return block is not None and block.node == node and not block.deleted
+
+
+async def _scan_blocks(
+    datastore: Datastore, node: str, family: IPFamily
+) -> tuple[list[CIDR], list[CIDR]]:
+    """Every block of the family (readable or not: each occupies its range), and the node's own
+    blocks by their `affinity` field, lowest first.
+
+    Only the keys are parsed; a value is decoded only if it may name the node (the text
+    `host:<node>` is in it, or a JSON escape that could hide it), so a scan of 10,000 blocks
+    decodes one or two of them.
+    """
+    occupied: list[CIDR] = []
+    mine: list[CIDR] = []
+    needle = f"host:{node}".encode()
+    listed, _ = await datastore.list_prefix(layout.ipam_blocks_prefix(family))
+    for kv in listed:
+        cidr = layout.parse_block_key(kv.key)
+        if cidr is None:
+            continue
+        occupied.append(cidr)
+        if (needle in kv.value or b"\\" in kv.value) and _is_mine(_decode_block(kv), node):
+            mine.append(cidr)
+    return occupied, sorted(mine, key=_cidr_order)
 
 
 async def claim_block(
@@ -331,11 +350,22 @@ async def claim_block(
 
     None when no enabled pool of the family has a free block. A block the node already owns is
     returned as is (its missing affinity key, if any, is recreated).
+
+    The node's affinity keys are read first: when one names a block of an enabled pool that the
+    node owns, that block is the answer (the usual case, a listing of the node's few affinities
+    and one read). Every block of the family is listed only when the node must claim one, or
+    repair a block without its affinity key or an affinity without its block.
     """
     eligible = usable_pools(pools, family)
     if not eligible:
         return None
-    blocks, mine, affinities = await _affine_blocks(datastore, node, family)
+    affinities = await _affinities(datastore, node, family)
+    for cidr in sorted(affinities, key=_cidr_order):
+        if _in_pools(cidr, eligible):
+            kv = await datastore.get(layout.ipam_block_key(cidr))
+            if kv is not None and _is_mine(_decode_block(kv), node):
+                return cidr
+    occupied, mine = await _scan_blocks(datastore, node, family)
     for cidr in mine:
         if _in_pools(cidr, eligible):
             if cidr not in affinities:
@@ -344,12 +374,13 @@ async def claim_block(
             return cidr
     # An affinity without its block: a claim that stopped half-way (Calico writes the affinity
     # first). Finish it rather than leave the range unusable.
-    for cidr, kv in sorted(affinities.items(), key=lambda item: item[0].network_address):
-        if cidr not in blocks and _in_pools(cidr, eligible):
+    existing = set(occupied)
+    for cidr, kv in sorted(affinities.items(), key=lambda item: _cidr_order(item[0])):
+        if cidr not in existing and _in_pools(cidr, eligible):
             claimed = await _create_block(datastore, node, cidr, affinity_revision=kv.mod_revision)
             if claimed:
                 return cidr
-    return await _claim_free_block(datastore, node, eligible, list(blocks))
+    return await _claim_free_block(datastore, node, eligible, occupied)
 
 
 async def _create_block(
@@ -366,18 +397,44 @@ async def _create_block(
     return won
 
 
+def _free_blocks(pool: IPPoolResource, occupied: Iterable[CIDR]) -> Iterator[CIDR]:
+    """The pool's blocks that overlap no occupied CIDR, lowest first (lazily).
+
+    The occupied ranges are sorted once; then one pass moves a candidate over them, jumping past
+    each range it meets: O(T log T) for T occupied blocks, however many of the lowest are taken.
+    """
+    net = pool.cidr
+    first, last = int(net.network_address), int(net.broadcast_address)
+    step = 1 << (net.max_prefixlen - pool.block_size)
+    taken = sorted(
+        (int(c.network_address), int(c.broadcast_address))
+        for c in occupied
+        if c.version == net.version
+    )
+    make = IPv4Network if net.version == 4 else IPv6Network
+    position = first  # the next candidate block starts here (the pool is aligned to `step`)
+    index = 0
+    while position + step - 1 <= last:
+        # Ranges sorted by start: once past the ones ending before the candidate, the next
+        # overlaps it iff it starts inside it.
+        while index < len(taken) and taken[index][1] < position:
+            index += 1
+        if index < len(taken) and taken[index][0] <= position + step - 1:
+            end = taken[index][1]
+            position = (end // step + 1) * step  # the first block after that range
+            continue
+        yield make((position, pool.block_size))
+        position += step
+
+
 async def _claim_free_block(
     datastore: Datastore, node: str, pools: Sequence[IPPoolResource], occupied: list[CIDR]
 ) -> CIDR | None:
     for pool in pools:
-        taken = [c for c in occupied if _overlap(c, pool.cidr)]
-        for candidate in pool.cidr.subnets(new_prefix=pool.block_size):
-            if any(_overlap(candidate, t) for t in taken):
-                continue
+        for candidate in _free_blocks(pool, occupied):
             if await _create_block(datastore, node, candidate):
                 return candidate
             log.debug("lost the race for block %s, trying the next one", candidate)
-            taken.append(candidate)
     log.warning("no free %s IPAM block left for node %s", IPFamily.of(pools[0].cidr).label, node)
     return None
 
@@ -515,24 +572,43 @@ async def owns_tunnel_address(
     datastore: Datastore, node: str, family: IPFamily, address: IPAddress
 ) -> bool:
     """Whether `address` is allocated in an IPAM block with this node's tunnel attributes
-    (`node` and `type`, as Calico checks before keeping an existing tunnel address)."""
+    (`node` and `type`, as Calico checks before keeping an existing tunnel address).
+
+    The node's tunnel handle names the block that holds its address: that block is read first,
+    and when it shows the allocation, that is the answer (two reads). Otherwise the address's
+    block is looked up among every block of the family.
+    """
     if address.version != family.value:
         return False
-    listed, _ = await datastore.list_prefix(layout.ipam_blocks_prefix(family))
     wanted = tunnel_secondary(node, family)
+    try:
+        handle = await _read_handle(datastore, layout.wireguard_handle_id(node, family))
+    except IPAMError:
+        handle = None  # unreadable: the full lookup below decides
+    for cidr in [] if handle is None else handle.counts:
+        if address.version == cidr.version and address in cidr:
+            kv = await datastore.get(layout.ipam_block_key(cidr))
+            if kv is not None and _allocated_with(kv, address, wanted):
+                return True
+    listed, _ = await datastore.list_prefix(layout.ipam_blocks_prefix(family))
     for kv in listed:
-        cidr = layout.parse_block_key(kv.key)
-        if cidr is None or address not in cidr:
-            continue
-        try:
-            block = _Block(kv)
-        except IPAMError as exc:
-            log.warning("%s", exc)
-            return False
-        ordinal = block.ordinal(address)
-        attribute = None if ordinal is None else block.attribute_of(ordinal)
-        if attribute is None:
-            return False
-        secondary = attribute.get("secondary")
-        return isinstance(secondary, dict) and all(secondary.get(k) == v for k, v in wanted.items())
+        block = layout.parse_block_key(kv.key)
+        if block is not None and address in block:
+            return _allocated_with(kv, address, wanted)
     return False
+
+
+def _allocated_with(kv: KeyValue, address: IPAddress, wanted: dict[str, str]) -> bool:
+    """Whether the block at `kv` allocates `address` with (at least) the `wanted` secondary
+    attributes; False (logged) when the block is unreadable."""
+    try:
+        block = _Block(kv)
+    except IPAMError as exc:
+        log.warning("%s", exc)
+        return False
+    ordinal = block.ordinal(address)
+    attribute = None if ordinal is None else block.attribute_of(ordinal)
+    if attribute is None:
+        return False
+    secondary = attribute.get("secondary")
+    return isinstance(secondary, dict) and all(secondary.get(k) == v for k, v in wanted.items())

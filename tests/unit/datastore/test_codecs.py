@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcrypt.datastore import codecs, layout
 from meshcrypt.datastore.codecs import DELETE, ResourceError
@@ -390,3 +392,48 @@ def test_patch_refuses_non_objects() -> None:
         codecs.patch_json(b'{"spec":"x"}', ("spec", "a"), 1)
     with pytest.raises(ValueError):
         codecs.patch_json(b"{}", (), 1)
+
+
+# ---- the fast IPv4 paths agree with ipaddress ----------------------------------------------------
+
+_octet = st.one_of(
+    st.integers(0, 255).map(str),
+    st.integers(0, 999).map(str),
+    st.integers(0, 99).map(lambda i: f"0{i}"),
+    st.sampled_from(["", "x", " 1", "٣", "+1", "0x1"]),
+)
+_ip_text = st.builds(
+    lambda octets, suffix: ".".join(octets) + suffix,
+    st.lists(_octet, min_size=3, max_size=5),
+    st.one_of(
+        st.just(""),
+        st.integers(0, 40).map(lambda p: f"/{p}"),
+        st.sampled_from(["/016", "/255.255.0.0", "/", "/ 1", "/٢", "/-1", "/0x10"]),
+    ),
+)
+
+
+def _outcome(parse: Any, text: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        return ValueError
+
+
+@given(st.one_of(_ip_text, st.text(max_size=24)))
+def test_fast_ipv4_parsing_agrees_with_ipaddress(text: str) -> None:
+    assert _outcome(codecs._ip_interface, text) == _outcome(ipaddress.ip_interface, text)
+    assert _outcome(codecs._ip_address, text) == _outcome(ipaddress.ip_address, text)
+
+
+@pytest.mark.parametrize(
+    "text", ["10.65.0.64/26", "10.65.0.64/26 ", "10.65.000.64/26", "fd00::/122"]
+)
+def test_block_value_cidr_must_name_the_keys_block(text: str) -> None:
+    key = layout.ipam_block_key(ipaddress.ip_network("10.65.0.64/26"))
+    value = _json({"cidr": text, "affinity": "host:n1"})
+    if text.strip() == "10.65.0.64/26":
+        assert codecs.decode_ipam_block(key, value).cidr == ipaddress.ip_network(text.strip())
+    else:
+        with pytest.raises(ResourceError):
+            codecs.decode_ipam_block(key, value)

@@ -148,3 +148,46 @@ def test_block_and_affinity_keys_parse_back(cidr, node: str) -> None:
     assert layout.classify(layout.ipam_block_key(cidr)) == ParsedKey(
         ResourceKind.IPAM_BLOCK, str(cidr)
     )
+
+
+def _reference_parse_block_name(family_segment: str, name: str):
+    """The plain `ipaddress` parser that `layout._parse_block_name` must agree with."""
+    if family_segment not in ("ipv4", "ipv6"):
+        return None
+    try:
+        cidr = ipaddress.ip_network(name.replace("-", "/", 1), strict=True)
+    except ValueError:
+        return None
+    if f"ipv{cidr.version}" != family_segment or layout.block_name(cidr) != name:
+        return None
+    return cidr
+
+
+_octet = st.one_of(
+    st.integers(0, 255).map(str),
+    st.integers(0, 999).map(str),
+    st.integers(0, 255).map(lambda i: f"0{i}"),  # a leading zero
+    st.sampled_from(["", "x", "1 ", "٣", "+1", "-1", "0x1"]),
+)
+_prefix = st.one_of(
+    st.integers(0, 40).map(str), st.sampled_from(["", "026", "2 6", "a", "-26", "٢"])
+)
+_v4_like = st.builds(
+    lambda octets, sep, prefix: ".".join(octets) + sep + prefix,
+    st.lists(_octet, min_size=3, max_size=5),
+    st.sampled_from(["-", "/", "--", ""]),
+    _prefix,
+)
+
+
+@given(st.one_of(_v4_like, st.text(max_size=20)), st.sampled_from(["ipv4", "ipv6", "ipv5"]))
+def test_block_names_parse_as_the_ipaddress_parser_does(name: str, segment: str) -> None:
+    assert layout._parse_block_name(segment, name) == _reference_parse_block_name(segment, name)
+
+
+@given(_networks)
+def test_every_block_name_parses_as_the_ipaddress_parser_does(cidr) -> None:
+    name = layout.block_name(cidr)
+    segment = f"ipv{cidr.version}"
+    assert layout._parse_block_name(segment, name) == cidr
+    assert _reference_parse_block_name(segment, name) == cidr
