@@ -41,10 +41,13 @@ def _base36(n: int) -> str:
 
 
 def _free_net() -> int:
-    """A third octet X in 200..254 with no 192.168.X.* address on this host and not handed out."""
+    """A third octet X in 200..254 with no 192.168.X.* address on this host and not handed out.
+
+    The search starts at a place chosen by our PID, so test runs started at the same moment (which
+    both see the same free networks) pick different ones; `lab up` refuses a duplicate anyway."""
     out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
     with _lock:
-        for x in range(200, 255):
+        for x in (200 + (os.getpid() + i) % 55 for i in range(55)):
             if x not in _taken and f" 192.168.{x}." not in out:
                 _taken.add(x)
                 return x

@@ -66,6 +66,16 @@ def test_agents_encrypt_pod_traffic_and_survive_a_restart(
     res = lab.cli("exec", "node1", "--", "meshcrypt", "doctor")
     assert res.returncode == 0, res.stdout + res.stderr
 
+    # First traffic in one direction only: `lab ping` right away makes both ends start the first
+    # handshake at once, which wireguard-go does not always survive (one direction lost for
+    # longer than ping's 20 s deadline, seen under load; see the lab's report). That is a finding
+    # about the dataplane, not what this test is about.
+    state = lab.state()
+    pod1, pod2 = state.pods
+    for address in pod2.addresses:
+        res = lab.cli("exec", pod1.name, "--", "ping", "-n", "-c", "1", "-w", "20", address)
+        assert res.returncode == 0, res.stdout + res.stderr + diagnose(lab)
+
     res = lab.cli("ping", "--count", "2")
     assert res.returncode == 0, res.stdout + diagnose(lab)
     res = lab.cli("capture", "node1", "--seconds", "1")

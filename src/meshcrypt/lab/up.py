@@ -109,10 +109,15 @@ def _refuse_existing(config: LabConfig, lab_dir: Path) -> None:
             f"leftovers of a lab with prefix {config.prefix} exist ({'; '.join(leftovers)}); "
             f"remove them with `{down_cmd}{prefix}`"
         )
+    _check_underlay_free(config)
+
+
+def _check_underlay_free(config: LabConfig, ours: str | None = None) -> None:
+    """No link but `ours` has an address in the underlay networks."""
     for family in config.families:
         net = config.underlay(family)
         for link, address in lab_net.addresses_in_use():
-            if address.version == net.version and address.network.overlaps(net):
+            if link != ours and address.version == net.version and address.network.overlaps(net):
                 raise LabError(
                     f"the underlay {net} is in use on this host ({address} on {link}); "
                     "choose another with --underlay / --underlay6"
@@ -126,6 +131,8 @@ def _build(state: LabState, say: Say) -> None:
     state.bridge = config.bridge
     state.save()
     lab_net.create_bridge(config.bridge, bridge_addresses)
+    # Again now that ours exists: a lab started at the same moment may have taken it meanwhile.
+    _check_underlay_free(config, ours=config.bridge)
     say(f"bridge {config.bridge}: {', '.join(str(a) for a in bridge_addresses)}")
     _guard(state, say)
 
