@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -230,3 +231,10 @@ def etcd_get(lab: LabUnderTest, key: str, prefix: bool = False) -> list[tuple[st
         (base64.b64decode(kv["key"]).decode(), json.loads(base64.b64decode(kv["value"])))
         for kv in kvs
     ]
+
+
+def counted(report: str, what: str) -> int:
+    """A count from `lab capture`'s report (`  plaintext pod traffic    80`)."""
+    match = re.search(rf"^  {re.escape(what)}\s+(\d+)", report, re.MULTILINE)
+    assert match, f"no {what!r} line in:\n{report}"
+    return int(match.group(1))

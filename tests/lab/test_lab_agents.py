@@ -8,15 +8,9 @@ import re
 import pytest
 
 from meshcrypt.adapters.lab_proc import ProcessId, cmdline, namespace_id, pids_in_netns
-from tests.lab.conftest import LabFactory, LabUnderTest, assert_no_leftovers
+from tests.lab.conftest import LabFactory, LabUnderTest, assert_no_leftovers, counted
 
 pytestmark = pytest.mark.integration
-
-
-def counted(report: str, what: str) -> int:
-    match = re.search(rf"^  {re.escape(what)}\s+(\d+)", report, re.MULTILINE)
-    assert match, f"no {what!r} line in:\n{report}"
-    return int(match.group(1))
 
 
 def wireguard_go(lab: LabUnderTest) -> set[ProcessId]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from meshcrypt.datastore import layout
 from meshcrypt.lab.cluster import workload_endpoint_name
-from tests.lab.conftest import LabUnderTest, etcd_get
+from tests.lab.conftest import LabUnderTest, counted, etcd_get
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +28,6 @@ def ip_json(*args: str) -> list[dict[str, Any]]:
 def addresses_on(netns: str, dev: str) -> set[str]:
     links = ip_json("-n", netns, "addr", "show", "dev", dev)
     return {a["local"] for link in links for a in link["addr_info"] if a["scope"] != "link"}
-
-
-def counted(report: str, what: str) -> int:
-    """A count from `lab capture`'s report (`  plaintext pod traffic    80`)."""
-    match = re.search(rf"^  {re.escape(what)}\s+(\d+)", report, re.MULTILINE)
-    assert match, f"no {what!r} line in:\n{report}"
-    return int(match.group(1))
 
 
 def test_up_records_what_it_made(lab_no_agents: LabUnderTest):

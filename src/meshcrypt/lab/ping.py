@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from meshcrypt.adapters import lab_proc
 from meshcrypt.lab.state import LabState, PodRecord
+from meshcrypt.lab.text import table
 from meshcrypt.model.net import IPFamily
 
 INTERVAL = 0.2
@@ -137,10 +138,3 @@ def _cell(r: PingResult | None) -> str:
     if r is None:
         return "·"
     return f"{'ok' if r.ok else 'FAIL'} {r.received}/{r.sent}"
-
-
-def table(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns two spaces apart."""
-    columns = max(map(len, rows))
-    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(columns)]
-    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]

@@ -8,8 +8,8 @@ from meshcrypt.adapters import lab_etcd
 from meshcrypt.lab.agents import NodeView, observe, problems
 from meshcrypt.lab.config import WIREGUARD_IFACE
 from meshcrypt.lab.down import lab_command
-from meshcrypt.lab.ping import table
 from meshcrypt.lab.state import LabState
+from meshcrypt.lab.text import table
 from meshcrypt.model.errors import MeshcryptError
 from meshcrypt.model.net import IPFamily
 
