@@ -27,6 +27,7 @@ from meshcrypt.model.errors import ConfigError, KernelError, NotSupported, kerne
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "/run/meshcrypt"
+LOG_LEVEL_ENV = "MESHCRYPT_WIREGUARD_GO_LOG_LEVEL"  # wireguard-go's LOG_LEVEL: error or verbose
 _POLL = 0.02
 # Environment variables that make wireguard-go use inherited descriptors instead of its own.
 _INHERITED_FD_VARS = ("WG_TUN_FD", "WG_UAPI_FD", "WG_PROCESS_FOREGROUND")
@@ -143,7 +144,8 @@ class WireguardGoSupervisor:
 
     def _start(self, iface: str) -> int:
         env = {k: v for k, v in os.environ.items() if k not in _INHERITED_FD_VARS}
-        env["LOG_LEVEL"] = "error"
+        # wireguard-go's own log (in `log_file`): errors only, unless an operator asks for more.
+        env["LOG_LEVEL"] = os.environ.get(LOG_LEVEL_ENV, "").strip() or "error"
         cmd = [*self.prefix_cmd, self.binary, "-f", iface]
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
