@@ -12,7 +12,6 @@ cluster: /26 for IPv4, /122 for IPv6 by default), so a lookup is a few dictionar
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Set
 
 from meshcrypt.model.net import CIDR
@@ -21,12 +20,16 @@ _EMPTY: frozenset[CIDR] = frozenset()
 
 
 def within(inner: CIDR, outer: CIDR) -> bool:
-    """Whether `inner` lies inside `outer` (or is it); False across families."""
-    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
-        return inner.subnet_of(outer)
-    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
-        return inner.subnet_of(outer)
-    return False
+    """Whether `inner` lies inside `outer` (or is it); False across families.
+
+    `subnet_of`, computed on the integers: it would build both broadcast addresses, a cost that
+    shows when every block of a 10,000-node cluster is counted into its pool.
+    """
+    return (
+        inner.version == outer.version
+        and inner.prefixlen >= outer.prefixlen
+        and int(inner.network_address) & int(outer.netmask) == int(outer.network_address)
+    )
 
 
 class AffineBlocks:
@@ -34,7 +37,8 @@ class AffineBlocks:
 
     def __init__(self) -> None:
         self._by_key: dict[str, tuple[CIDR, str]] = {}
-        self._at: dict[CIDR, dict[str, str]] = {}  # cidr -> {block key: node}
+        # cidr -> (block key, node), or {block key: node} in the rare case of several keys
+        self._at: dict[CIDR, tuple[str, str] | dict[str, str]] = {}
         self._prefixlens: dict[tuple[int, int], int] = {}  # (version, prefixlen) -> blocks
         self._longest_first: dict[int, list[int]] = {4: [], 6: []}
 
@@ -45,7 +49,13 @@ class AffineBlocks:
     def set(self, key: str, cidr: CIDR, node: str) -> None:
         self.remove(key)
         self._by_key[key] = (cidr, node)
-        self._at.setdefault(cidr, {})[key] = node
+        found = self._at.get(cidr)
+        if found is None:
+            self._at[cidr] = (key, node)  # a dict per block would be four times the size
+        elif isinstance(found, tuple):
+            self._at[cidr] = {found[0]: found[1], key: node}
+        else:
+            found[key] = node
         level = (cidr.version, cidr.prefixlen)
         self._prefixlens[level] = self._prefixlens.get(level, 0) + 1
         if self._prefixlens[level] == 1:
@@ -56,10 +66,13 @@ class AffineBlocks:
         if entry is None:
             return
         cidr = entry[0]
-        keys = self._at[cidr]
-        del keys[key]
-        if not keys:
+        found = self._at[cidr]
+        if isinstance(found, tuple):
             del self._at[cidr]
+        else:
+            del found[key]
+            if len(found) == 1:
+                self._at[cidr] = next(iter(found.items()))
         level = (cidr.version, cidr.prefixlen)
         self._prefixlens[level] -= 1
         if not self._prefixlens[level]:
@@ -71,9 +84,11 @@ class AffineBlocks:
         for prefixlen in self._longest_first[cidr.version]:
             if prefixlen > cidr.prefixlen:
                 continue
-            keys = self._at.get(cidr.supernet(new_prefix=prefixlen))
-            if keys:
-                return keys[min(keys)]
+            found = self._at.get(cidr.supernet(new_prefix=prefixlen))
+            if isinstance(found, tuple):
+                return found[1]
+            if found:
+                return found[min(found)]
         return None
 
     def count_inside(self, net: CIDR) -> int:

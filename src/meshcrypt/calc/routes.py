@@ -52,17 +52,25 @@ _BITS: dict[SourceKind, tuple[int, int]] = {
 }
 
 
+#: The sources of one CIDR: a single (source, node) pair — by far the most common case, kept as a
+#: tuple because a dict per CIDR is four times its size — or a dict of them.
+_Sources = tuple[SourceId, str] | dict[SourceId, str]
+
+
 class RouteSources:
     """Which sources ask for which CIDRs, and which sources name which node.
 
     Each source replaces its whole set of CIDRs at once (`set`), adding the CIDRs whose sources
     changed to the caller's dirty set, so the caller re-resolves only those. The cost is
     proportional to the source's own CIDRs, never to the size of the table.
+
+    Memory is per CIDR and per source, so the common cases are stored small: a CIDR with one
+    source holds a pair, not a dict; a source's CIDRs are a tuple, not a set.
     """
 
     def __init__(self) -> None:
-        self._at: dict[CIDR, dict[SourceId, str]] = {}
-        self._owned: dict[SourceId, tuple[str, frozenset[CIDR]]] = {}
+        self._at: dict[CIDR, _Sources] = {}
+        self._owned: dict[SourceId, tuple[str, tuple[CIDR, ...]]] = {}
         # node -> the sources naming it; a change of the node's address changes `dst_node_ip` of
         # exactly their CIDRs.
         self._naming: dict[str, set[SourceId]] = {}
@@ -70,13 +78,14 @@ class RouteSources:
     def set(self, source: SourceId, node: str, cidrs: frozenset[CIDR], dirty: set[CIDR]) -> None:
         """Make `source` ask for exactly `cidrs` on behalf of `node` ("" for none), and add the
         CIDRs whose set of sources changed to `dirty`."""
-        old_node, old_cidrs = self._owned.get(source, ("", NO_CIDRS))
+        old_node, old_cidrs = self._owned.get(source, ("", ()))
         if old_node == node:
-            if old_cidrs == cidrs:
+            if len(old_cidrs) == len(cidrs) and all(c in cidrs for c in old_cidrs):
                 return
-            gone, added = old_cidrs - cidrs, cidrs - old_cidrs
-        else:
-            gone, added = old_cidrs, cidrs  # every CIDR changes its node: re-add them all
+            gone = [c for c in old_cidrs if c not in cidrs]
+            added = [c for c in cidrs if c not in old_cidrs]
+        else:  # every CIDR changes its node: re-add them all
+            gone, added = list(old_cidrs), list(cidrs)
         for cidr in gone:
             self._drop(source, cidr)
         for cidr in added:
@@ -88,13 +97,18 @@ class RouteSources:
         if not cidrs:
             self._owned.pop(source, None)
             return
-        self._owned[source] = (node, cidrs)
+        self._owned[source] = (node, tuple(cidrs))
         if node and old_node != node:
             self._naming.setdefault(node, set()).add(source)
 
     def at(self, cidr: CIDR) -> Mapping[SourceId, str]:
         """The sources of one CIDR, each with the node it names."""
-        return self._at.get(cidr, _NO_SOURCES)
+        sources = self._at.get(cidr)
+        if sources is None:
+            return _NO_SOURCES
+        if isinstance(sources, tuple):
+            return {sources[0]: sources[1]}
+        return sources
 
     def naming(self, node: str) -> Iterator[CIDR]:
         """The CIDRs that have a source naming `node`."""
@@ -103,16 +117,21 @@ class RouteSources:
 
     def _add(self, source: SourceId, node: str, cidr: CIDR) -> None:
         sources = self._at.get(cidr)
-        if sources is None:
-            self._at[cidr] = {source: node}
+        if sources is None or (isinstance(sources, tuple) and sources[0] == source):
+            self._at[cidr] = (source, node)
+        elif isinstance(sources, tuple):
+            self._at[cidr] = {sources[0]: sources[1], source: node}
         else:
             sources[source] = node
 
     def _drop(self, source: SourceId, cidr: CIDR) -> None:
         sources = self._at[cidr]
-        del sources[source]
-        if not sources:
+        if isinstance(sources, tuple):
             del self._at[cidr]
+            return
+        del sources[source]
+        if len(sources) == 1:
+            self._at[cidr] = next(iter(sources.items()))
 
     def _unlink(self, node: str, source: SourceId) -> None:
         sources = self._naming.get(node)

@@ -480,7 +480,7 @@ class WireguardManager:
         changed, deleted_cidrs, keys_changed = self._cache.fold(pending)
         touched = set(changed)
         for key in keys_changed:
-            touched |= self._cache.owners(key)
+            touched.update(self._cache.owners(key))
         retarget, self._retarget = self._retarget, set()
         if self.route_table is None:
             return touched

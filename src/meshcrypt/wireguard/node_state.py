@@ -11,6 +11,7 @@ change, and pruning looks only at nodes touched since they were last seen non-em
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from meshcrypt.model.keys import Key
@@ -62,13 +63,18 @@ class NodeCache:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeData] = {}
-        self.key_owners: dict[Key, set[str]] = {}
+        # key -> its owner, or the set of them when shared (a set per key would be four times
+        # the size of the name it almost always holds alone)
+        self.key_owners: dict[Key, str | set[str]] = {}
         self.programmed_count = 0  # nodes with a `programmed_key`
         self.shared_key_count = 0  # nodes whose (non-zero) key another node claims too
         self._prune_candidates: set[str] = set()  # every node that may be empty is in here
 
-    def owners(self, key: Key) -> set[str]:
-        return self.key_owners.get(key, set())
+    def owners(self, key: Key) -> Collection[str]:
+        found = self.key_owners.get(key)
+        if found is None:
+            return ()
+        return (found,) if isinstance(found, str) else found
 
     def should_program(self, name: str) -> bool:
         """A node is a WireGuard peer iff it has an endpoint and a key that no other node claims."""
@@ -108,19 +114,20 @@ class NodeCache:
 
     def _reindex(self, name: str, old: Key, new: Key, keys_changed: set[Key]) -> None:
         if not old.is_zero:
-            owners = self.key_owners.get(old, set())
-            before = len(owners)
-            owners.discard(name)
-            self._count_shared(before, len(owners))
-            if not owners:
-                self.key_owners.pop(old, None)
+            self._set_owners(old, set(self.owners(old)) - {name})
             keys_changed.add(old)
         if not new.is_zero:
-            owners = self.key_owners.setdefault(new, set())
-            before = len(owners)
-            owners.add(name)
-            self._count_shared(before, len(owners))
+            self._set_owners(new, {*self.owners(new), name})
             keys_changed.add(new)
+
+    def _set_owners(self, key: Key, owners: set[str]) -> None:
+        self._count_shared(len(self.owners(key)), len(owners))
+        if not owners:
+            self.key_owners.pop(key, None)
+        elif len(owners) == 1:
+            self.key_owners[key] = next(iter(owners))
+        else:
+            self.key_owners[key] = owners
 
     def _count_shared(self, before: int, after: int) -> None:
         """A key's owners went from `before` to `after`: count its nodes in or out of the shared."""
