@@ -6,7 +6,7 @@ configuration, removals are planned only for peers on the device, and a zero key
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from meshcrypt.model.dataplane import Device, DeviceConfig, Endpoint, Peer, PeerConfig
@@ -24,8 +24,14 @@ class PeerSettings:
     firewall_mark: int
 
 
-def _sorted(cidrs: Iterable[CIDR]) -> tuple[CIDR, ...]:
-    return tuple(sorted(cidrs, key=lambda c: (c.network_address, c.prefixlen)))
+def _cidr_order(cidr: CIDR) -> tuple[int, int]:
+    return (int(cidr.network_address), cidr.prefixlen)
+
+
+def _sorted(cidrs: Collection[CIDR]) -> tuple[CIDR, ...]:
+    if len(cidrs) < 2:  # most peers have one CIDR: nothing to sort (10,000 of them at a resync)
+        return tuple(cidrs)
+    return tuple(sorted(cidrs, key=_cidr_order))
 
 
 def _endpoint(node: NodeData, settings: PeerSettings) -> Endpoint:
