@@ -42,7 +42,6 @@ import datetime
 import ipaddress
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -56,9 +55,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from bench.baselines import IFACE, PORT, TABLE, floor, start_device, syncconf, uapi
+from bench.labrun import machine, sigterm_unwinds
 from bench.probe import PRELOAD_ENV, PROBE_ENV, PROFILE_ENV
 from bench.procstat import cpu_seconds, memory_mb
 from bench.world import Change, Op, World, txn
@@ -340,23 +339,6 @@ class Results:
     @property
     def steady(self) -> list[Steady]:
         return [r.steady for r in self.resync if r.steady is not None]
-
-
-def machine() -> dict[str, str]:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "load_at_start": f"{os.getloadavg()[0]:.2f}",
-    }
 
 
 # ---- the measurements ----------------------------------------------------------------------------
@@ -711,20 +693,6 @@ def _sizes(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every `finally` cleans up."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench scale", description=(__doc__ or "").splitlines()[0]
@@ -755,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
     results = Results(machine())
-    with _sigterm_unwinds():
+    with sigterm_unwinds():
         for n in args.sizes:
             run_size(n, args, results)
     text = report(results, args)

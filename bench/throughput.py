@@ -1,0 +1,246 @@
+"""Data-plane overhead: pod-to-pod TCP throughput through the lab's tunnel (issue 7, item 4).
+
+Three paths, measured in turn in each of `--rounds` rounds (iperf3, TCP, one stream, `--seconds`
+each; the figure is the receiver's rate, the median over the rounds):
+
+* **lab**: a 2-node lab with agents (`bench.labrun`: its own folder, prefix and underlay), from
+  node1's pod to node2's pod: pod veth -> node1 -> `wireguard.cali` (wireguard-go) -> underlay veth
+  -> bridge -> node2 -> pod.
+* **(a) hand-configured tunnel**: two namespaces (`mcbh-a`, `mcbh-b`) whose `eth0`s are veths in a
+  bridge of their own (`mcbh0`), each with a wireguard-go device configured with `wg` and `ip` only
+  (no meshcrypt), the lab device's MTU, seeded keys; iperf3 between the tunnel addresses.
+* **(b) plain underlay**: the same two namespaces, between their `eth0` addresses (no WireGuard).
+
+Before each lab/tunnel measurement one ping is sent one way, so the handshake is done. Needs root
+and iperf3. Everything is removed at the end, also on Ctrl-C or SIGTERM.
+
+    .venv/bin/python -m bench throughput [--seconds 5] [--rounds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.baselines import IFACE
+from bench.labrun import lab, log, machine, machine_line, sigterm_unwinds
+from meshcrypt.adapters import lab_net
+from meshcrypt.lab.nodes import sim_node
+from meshcrypt.lab.state import LabState
+from meshcrypt.model.keys import PrivateKey
+
+TARGET = 0.97
+HAND = ("mcbh-a", "mcbh-b")  # namespaces, and their veths' host ends
+HAND_BRIDGE = "mcbh0"
+HAND_WG = ("mcbha", "mcbhb")  # wireguard-go's socket directory is shared: distinct names
+UNDERLAY = ("10.211.0.1", "10.211.0.2")
+TUNNEL = ("10.212.0.1", "10.212.0.2")
+WG_PORT = 51820
+
+
+def sh(*cmd: str, input: str | None = None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, input=input, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def ping_once(prefix: Sequence[str], address: str) -> None:
+    for _ in range(10):
+        done = subprocess.run(
+            [*prefix, "ping", "-n", "-q", "-c", "1", "-W", "1", address],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+    raise RuntimeError(f"{address} does not answer pings from {' '.join(prefix)}")
+
+
+def iperf(server: Sequence[str], client: Sequence[str], address: str, seconds: float) -> float:
+    """Gbit/s received by `iperf3 -s` (run with the `server` prefix) from a client."""
+    srv = subprocess.Popen(
+        [*server, "iperf3", "-s", "-1", "-B", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for attempt in range(50):
+            done = subprocess.run(
+                [*client, "iperf3", "-c", address, "-t", f"{seconds:g}", "-J"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            doc = json.loads(done.stdout or "{}")
+            received = doc.get("end", {}).get("sum_received", {}).get("bits_per_second")
+            if done.returncode == 0 and received:
+                return float(received) / 1e9
+            if "Connection refused" not in done.stdout + done.stderr or attempt == 49:
+                raise RuntimeError(f"iperf3 to {address}: {done.stdout[-300:]}{done.stderr}")
+            time.sleep(0.1)  # the server is not listening yet
+        raise AssertionError("unreachable")
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+@contextlib.contextmanager
+def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
+    """Two namespaces in a bridge, with a wireguard-go tunnel configured by hand; removed after."""
+    rng = random.Random(seed)
+    keys = [PrivateKey(rng.randbytes(32)).clamped() for _ in HAND]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="mcbench-hand-") as tmp:
+        try:
+            sh("ip", "link", "add", HAND_BRIDGE, "type", "bridge")
+            sh("ip", "link", "set", HAND_BRIDGE, "up")
+            for i, ns in enumerate(HAND):
+                sh("ip", "netns", "add", ns)
+                sh("ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                sh("ip", "link", "set", ns, "master", HAND_BRIDGE, "up")
+                sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[i]}/24", "dev", "eth0")
+                sh("ip", "-n", ns, "link", "set", "eth0", "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+                procs.append(
+                    subprocess.Popen(
+                        ["ip", "netns", "exec", ns, "wireguard-go", "-f", HAND_WG[i]],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            for i, ns in enumerate(HAND):
+                sock = Path(f"/var/run/wireguard/{HAND_WG[i]}.sock")
+                deadline = time.time() + 10
+                while not sock.exists():
+                    if time.time() > deadline:
+                        raise RuntimeError(f"wireguard-go {HAND_WG[i]} did not start")
+                    time.sleep(0.05)
+                other = 1 - i
+                key_file = Path(tmp) / f"{ns}.key"
+                key_file.write_text(keys[i].to_base64() + "\n")
+                wg = HAND_WG[i]
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "wg",
+                    "set",
+                    wg,
+                    "private-key",
+                    str(key_file),
+                    "listen-port",
+                    str(WG_PORT),
+                    "peer",
+                    keys[other].public_key().to_base64(),
+                    "endpoint",
+                    f"{UNDERLAY[other]}:{WG_PORT}",
+                    "allowed-ips",
+                    f"{TUNNEL[other]}/32",
+                )
+                sh("ip", "-n", ns, "addr", "add", f"{TUNNEL[i]}/32", "dev", wg)
+                sh("ip", "-n", ns, "link", "set", wg, "mtu", str(mtu), "up")
+                sh("ip", "-n", ns, "route", "add", f"{TUNNEL[other]}/32", "dev", wg)
+            yield
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for ns in HAND:
+                lab_net.delete_netns(ns)
+            for link in (*HAND, HAND_BRIDGE):
+                if link in lab_net.link_names():
+                    lab_net.delete_link(link)
+
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    seconds: float
+    mtu: int = 0
+    lab: list[float] = field(default_factory=list)  # Gbit/s per round
+    hand: list[float] = field(default_factory=list)
+    underlay: list[float] = field(default_factory=list)
+
+
+def report(r: Results) -> str:
+    lab_g, hand_g, plain_g = (statistics.median(x) for x in (r.lab, r.hand, r.underlay))
+    ratio = lab_g / hand_g
+
+    def row(label: str, xs: list[float]) -> str:
+        runs = "/".join(f"{x:.2f}" for x in xs)
+        return f"  {label:50s}{statistics.median(xs):>8.2f} Gbit/s   (runs {runs})"
+
+    return "\n".join(
+        [
+            f"meshcrypt throughput benchmark, {machine_line(r.machine)}",
+            "",
+            f"4. iperf3 TCP, 1 stream, {r.seconds:g} s, median of {len(r.lab)} rounds; "
+            f"WireGuard MTU {r.mtu}",
+            row("lab: pod -> pod through wireguard.cali", r.lab),
+            row("baseline (a) hand-configured wireguard-go tunnel", r.hand),
+            row("baseline (b) plain underlay (veth + bridge)", r.underlay),
+            f"  lab / hand-configured tunnel {ratio:.3f}; "
+            f"lab / underlay {lab_g / plain_g:.3f}; tunnel / underlay {hand_g / plain_g:.3f}",
+            "",
+            "Targets",
+            f"  {'met   ' if ratio >= TARGET else 'MISSED'} lab {ratio:.3f} of the hand-configured "
+            f"tunnel (>= {TARGET})",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench throughput", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    missing = [t for t in ("iperf3", "wireguard-go", "wg") if shutil.which(t) is None]
+    if missing:
+        parser.error(f"needs {', '.join(missing)} (./dev setup installs them)")
+    results = Results(machine(), args.seconds)
+    with sigterm_unwinds(), lab(2) as state:
+        results.mtu = lab_mtu(state)
+        with hand_tunnel(results.mtu, args.seed):
+            a, b = (["ip", "netns", "exec", ns] for ns in HAND)
+            src, dst = state.pods_of("node1")[0], state.pods_of("node2")[0]
+            pod_a, pod_b = (["ip", "netns", "exec", p.netns] for p in (src, dst))
+            ping_once(pod_a, dst.addresses[0])
+            ping_once(a, TUNNEL[1])
+            for number in range(1, args.rounds + 1):
+                results.lab.append(iperf(pod_b, pod_a, dst.addresses[0], args.seconds))
+                results.hand.append(iperf(b, a, TUNNEL[1], args.seconds))
+                results.underlay.append(iperf(b, a, UNDERLAY[1], args.seconds))
+                log(
+                    f"round {number}: lab {results.lab[-1]:.2f}, hand {results.hand[-1]:.2f}, "
+                    f"underlay {results.underlay[-1]:.2f} Gbit/s"
+                )
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(results), indent=1) + "\n")
+    return 0
+
+
+def lab_mtu(state: LabState) -> int:
+    out = sim_node(state.node("node1")).run("ip", "-o", "link", "show", IFACE)
+    return int(out.split(" mtu ")[1].split()[0])
