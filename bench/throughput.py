@@ -34,7 +34,8 @@ from pathlib import Path
 
 from bench.baselines import IFACE
 from bench.labrun import lab, log, machine, machine_line, sigterm_unwinds
-from meshcrypt.adapters import lab_net
+from bench.procstat import cpu_seconds
+from meshcrypt.adapters import lab_net, lab_proc
 from meshcrypt.lab.nodes import sim_node
 from meshcrypt.lab.state import LabState
 from meshcrypt.model.keys import PrivateKey
@@ -177,6 +178,10 @@ class Results:
     lab: list[float] = field(default_factory=list)  # Gbit/s per round
     hand: list[float] = field(default_factory=list)
     underlay: list[float] = field(default_factory=list)
+    # CPU seconds used during each lab / hand run: wireguard-go (both ends), the agents (both)
+    lab_wg_cpu: list[float] = field(default_factory=list)
+    lab_agent_cpu: list[float] = field(default_factory=list)
+    hand_wg_cpu: list[float] = field(default_factory=list)
 
 
 def report(r: Results) -> str:
@@ -196,6 +201,9 @@ def report(r: Results) -> str:
             row("lab: pod -> pod through wireguard.cali", r.lab),
             row("baseline (a) hand-configured wireguard-go tunnel", r.hand),
             row("baseline (b) plain underlay (veth + bridge)", r.underlay),
+            f"  CPU per run: wireguard-go lab {statistics.median(r.lab_wg_cpu):.2f} s, "
+            f"hand {statistics.median(r.hand_wg_cpu):.2f} s; "
+            f"agents during the lab run {statistics.median(r.lab_agent_cpu):.2f} s",
             f"  lab / hand-configured tunnel {ratio:.3f}; "
             f"lab / underlay {lab_g / plain_g:.3f}; tunnel / underlay {hand_g / plain_g:.3f}",
             "",
@@ -227,9 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             pod_a, pod_b = (["ip", "netns", "exec", p.netns] for p in (src, dst))
             ping_once(pod_a, dst.addresses[0])
             ping_once(a, TUNNEL[1])
+            lab_wg, lab_agents = lab_processes(state)
+            hand_wg = hand_processes()
             for number in range(1, args.rounds + 1):
+                before = cpu(lab_wg), cpu(lab_agents)
                 results.lab.append(iperf(pod_b, pod_a, dst.addresses[0], args.seconds))
+                results.lab_wg_cpu.append(cpu(lab_wg) - before[0])
+                results.lab_agent_cpu.append(cpu(lab_agents) - before[1])
+                before_hand = cpu(hand_wg)
                 results.hand.append(iperf(b, a, TUNNEL[1], args.seconds))
+                results.hand_wg_cpu.append(cpu(hand_wg) - before_hand)
                 results.underlay.append(iperf(b, a, UNDERLAY[1], args.seconds))
                 log(
                     f"round {number}: lab {results.lab[-1]:.2f}, hand {results.hand[-1]:.2f}, "
@@ -239,6 +254,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(results), indent=1) + "\n")
     return 0
+
+
+def cpu(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def lab_processes(state: LabState) -> tuple[list[int], list[int]]:
+    """(wireguard-go pids, agent pids) of the lab's nodes."""
+    wg: list[int] = []
+    agent_pids: list[int] = []
+    for node in state.nodes:
+        assert node.agent is not None
+        agent_pids.append(node.agent.pid)
+        busy = set(lab_proc.pids_in_netns(_netns_ids([node.netns])))
+        wg += [p for p in busy if "wireguard-go" in " ".join(lab_proc.cmdline(p))]
+    return wg, agent_pids
+
+
+def hand_processes() -> list[int]:
+    return [
+        p
+        for p in lab_proc.pids_in_netns(_netns_ids(list(HAND)))
+        if "wireguard-go" in " ".join(lab_proc.cmdline(p))
+    ]
+
+
+def _netns_ids(names: Sequence[str]) -> list[lab_proc.NamespaceId]:
+    found = (lab_proc.namespace_id(f"{lab_net.NETNS_DIR}/{n}") for n in names)
+    return [i for i in found if i is not None]
 
 
 def lab_mtu(state: LabState) -> int:
