@@ -111,14 +111,20 @@ def create_netns(name: str) -> None:
 
 
 def attach_pod(
-    node_netns: str, pod_netns: str, host_ifname: str, addresses: Sequence[IPAddress]
+    node_netns: str,
+    pod_netns: str,
+    host_ifname: str,
+    addresses: Sequence[IPAddress],
+    mtu: int | None = None,
 ) -> None:
-    """Wire a pod as Calico's CNI plugin does: a veth `host_ifname` (node) ↔ `eth0` (pod), the
-    pod's /32 (/128) on eth0 with routes via the link-local gateway, proxy ARP on the host end and
-    a /32 (/128) route to the pod in the node."""
+    """Wire a pod as Calico's CNI plugin does: a veth `host_ifname` (node) ↔ `eth0` (pod), both
+    ends at `mtu` (the tunnel's MTU) when given, the pod's /32 (/128) on eth0 with routes via the
+    link-local gateway, proxy ARP on the host end and a /32 (/128) route to the pod in the node."""
+    with_mtu = f" mtu {mtu}" if mtu is not None else ""
     ip_batch(
         [
-            f"link add name {host_ifname} netns {node_netns} type veth peer name eth0 netns {pod_netns}"
+            f"link add name {host_ifname} netns {node_netns}{with_mtu} type veth"
+            f" peer name eth0 netns {pod_netns}{with_mtu}"
         ]
     )
     set_sysctls(

@@ -45,6 +45,10 @@ POD_NAMESPACE: Final = "default"
 BACKENDS: Final = ("auto", "kernel", "userspace")
 WIREGUARD_IFACE: Final = {IPFamily.V4: "wireguard.cali", IPFamily.V6: "wg-v6.cali"}
 MAX_NODES: Final = 200
+#: The MTU of the lab's bridge and underlay veths (the kernel's default for both).
+UNDERLAY_MTU: Final = 1500
+#: WireGuard's encapsulation overhead per family (the agents' MTU auto-detection margins).
+WIREGUARD_OVERHEAD: Final = {IPFamily.V4: 60, IPFamily.V6: 80}
 _FIRST_HOST: Final = 10
 _PREFIX_RE: Final = re.compile(r"[a-z][a-z0-9]{0,7}")
 
@@ -96,6 +100,12 @@ class LabConfig:
 
     def underlay(self, family: IPFamily) -> IPv4Network | IPv6Network:
         return self.underlay_v4 if family is IPFamily.V4 else self.underlay_v6
+
+    @property
+    def pod_mtu(self) -> int:
+        """The pods' veth MTU, as Calico's CNI sets it: the tunnel's MTU, the underlay's minus the
+        WireGuard overhead of the lab's largest family (1440 IPv4-only, 1420 with IPv6)."""
+        return UNDERLAY_MTU - max(WIREGUARD_OVERHEAD[f] for f in self.families)
 
     # ---- names -----------------------------------------------------------------------------------
 

@@ -273,7 +273,7 @@ def _wire_pod(state: LabState, pod: PodRecord) -> None:
     if IPFamily.V6 in state.config.families:
         lab_net.set_sysctls(pod.netns, {"net/ipv6/conf/default/accept_dad": "0"})
     addresses = [ipaddress.ip_address(a) for a in pod.addresses]
-    lab_net.attach_pod(node.netns, pod.netns, pod.ifname, addresses)
+    lab_net.attach_pod(node.netns, pod.netns, pod.ifname, addresses, state.config.pod_mtu)
 
 
 def _bird_routes(state: LabState) -> None:
