@@ -1,15 +1,24 @@
 """Data-plane overhead: pod-to-pod TCP throughput through the lab's tunnel (issue 7, item 4).
 
-Three paths, measured in turn in each of `--rounds` rounds (iperf3, TCP, one stream, `--seconds`
-each; the figure is the receiver's rate, the median over the rounds):
+Paths, measured in turn (interleaved: lab, a', a'+rule, a, b) in each of `--rounds` rounds, so
+drift from background load hits all alike (iperf3, TCP, one stream, `--seconds` each; the figure
+is the receiver's rate, the median over the rounds):
 
 * **lab**: a 2-node lab with agents (`bench.labrun`: its own folder, prefix and underlay), from
-  node1's pod to node2's pod: pod veth -> node1 -> `wireguard.cali` (wireguard-go) -> underlay veth
-  -> bridge -> node2 -> pod.
-* **(a) hand-configured tunnel**: two namespaces (`mcbh-a`, `mcbh-b`) whose `eth0`s are veths in a
-  bridge of their own (`mcbh0`), each with a wireguard-go device configured with `wg` and `ip` only
-  (no meshcrypt), the lab device's MTU, seeded keys; iperf3 between the tunnel addresses.
-* **(b) plain underlay**: the same two namespaces, between their `eth0` addresses (no WireGuard).
+  node1's pod to node2's pod: pod veth -> node1 (`not fwmark` rule, table 1) -> `wireguard.cali`
+  (wireguard-go) -> underlay veth -> bridge -> node2 -> pod. Pods have the tunnel's MTU.
+* **(a') same-topology hand-configured tunnel** -- the fair baseline, the one the target is
+  against: two node namespaces (`mcbt-n1`, `mcbt-n2`) whose `eth0`s are veths in a bridge of their
+  own (`mcbt0`), like the lab's underlay, each with a pod namespace behind a veth wired as the lab
+  wires pods (same MTU, proxy ARP, /32 routes), and wireguard-go configured with `wg` and `ip` only
+  (no meshcrypt): plain routes to the other pod through the device in the main table, no policy
+  rule. It differs from the lab only in what meshcrypt programs.
+* **(a'+rule)** diagnostic: (a') with the lab's routing added by hand -- the device's fwmark
+  0x100000, `not fwmark 0x100000/0x100000 lookup 1` at priority 99 and the route in table 1.
+* **(a) bare hand-configured tunnel**: two namespaces (`mcbh-a`, `mcbh-b`) in a bridge of their own
+  (`mcbh0`), a wireguard-go device each, the lab device's MTU; iperf3 between the tunnel addresses
+  (no pods, no forwarding).
+* **(b) plain underlay**: the namespaces of (a), between their `eth0` addresses (no WireGuard).
 
 Before each lab/tunnel measurement one ping is sent one way, so the handshake is done. Needs root
 and iperf3. Everything is removed at the end, also on Ctrl-C or SIGTERM.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import random
 import shutil
@@ -47,6 +57,16 @@ HAND_WG = ("mcbha", "mcbhb")  # wireguard-go's socket directory is shared: disti
 UNDERLAY = ("10.211.0.1", "10.211.0.2")
 TUNNEL = ("10.212.0.1", "10.212.0.2")
 WG_PORT = 51820
+# (a'): node namespaces (and their veths' host ends), pod namespaces, bridge, devices, addresses
+TOPO_NODES = ("mcbt-n1", "mcbt-n2")
+TOPO_PODS = ("mcbt-p1", "mcbt-p2")
+TOPO_BRIDGE = "mcbt0"
+TOPO_WG = ("mcbtn1", "mcbtn2")
+TOPO_POD_IF = "calibench0"
+TOPO_UNDERLAY = ("10.214.0.1", "10.214.0.2")
+TOPO_POD = ("10.215.1.2", "10.215.2.2")
+FWMARK = "0x100000"
+RULE = ("not", "fwmark", f"{FWMARK}/{FWMARK}", "lookup", "1", "priority", "99")
 
 
 def sh(*cmd: str, input: str | None = None) -> str:
@@ -170,46 +190,150 @@ def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
                     lab_net.delete_link(link)
 
 
+def _start_wireguard_go(ns: str, name: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    procs.append(
+        subprocess.Popen(
+            ["ip", "netns", "exec", ns, "wireguard-go", "-f", name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    sock = Path(f"/var/run/wireguard/{name}.sock")
+    deadline = time.time() + 10
+    while not sock.exists():
+        if time.time() > deadline:
+            raise RuntimeError(f"wireguard-go {name} did not start")
+        time.sleep(0.05)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def same_topology_tunnel(mtu: int, pod_mtu: int, seed: int) -> Iterator[None]:
+    """Baseline (a'): the lab's topology (node namespaces on a bridge, a pod behind a veth in each)
+    with wireguard-go configured by hand and plain main-table routes; removed after."""
+    rng = random.Random(seed + 1)
+    keys = [PrivateKey(rng.randbytes(32)).clamped() for _ in TOPO_NODES]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="mcbench-topo-") as tmp:
+        try:
+            sh("ip", "link", "add", TOPO_BRIDGE, "type", "bridge")
+            sh("ip", "link", "set", TOPO_BRIDGE, "up")
+            for i, ns in enumerate(TOPO_NODES):
+                lab_net.create_netns(ns)
+                lab_net.set_sysctls(
+                    ns,
+                    {
+                        "net/ipv4/ip_forward": "1",
+                        "net/ipv4/conf/all/rp_filter": "2",
+                        "net/ipv4/conf/default/rp_filter": "2",
+                    },
+                )
+                sh("ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                sh("ip", "link", "set", ns, "master", TOPO_BRIDGE, "up")
+                sh("ip", "-n", ns, "addr", "add", f"{TOPO_UNDERLAY[i]}/24", "dev", "eth0")
+                sh("ip", "-n", ns, "link", "set", "eth0", "up")
+                # A default route, as the lab's nodes have: proxy ARP answers the pod's gateway
+                # (169.254.1.1) only when the node has a route to it through another link.
+                sh("ip", "-n", ns, "route", "add", "default", "dev", "eth0")
+                lab_net.create_netns(TOPO_PODS[i])
+                lab_net.attach_pod(
+                    ns, TOPO_PODS[i], TOPO_POD_IF, [ipaddress.ip_address(TOPO_POD[i])], pod_mtu
+                )
+                _start_wireguard_go(ns, TOPO_WG[i], procs)
+            for i, ns in enumerate(TOPO_NODES):
+                other = 1 - i
+                key_file = Path(tmp) / f"{ns}.key"
+                key_file.write_text(keys[i].to_base64() + "\n")
+                wg = TOPO_WG[i]
+                sh(
+                    *("ip", "netns", "exec", ns, "wg", "set", wg),
+                    *("private-key", str(key_file), "listen-port", str(WG_PORT)),
+                    *("fwmark", FWMARK, "peer", keys[other].public_key().to_base64()),
+                    *("endpoint", f"{TOPO_UNDERLAY[other]}:{WG_PORT}"),
+                    *("allowed-ips", f"{TOPO_POD[other]}/32"),
+                )
+                sh("ip", "-n", ns, "link", "set", wg, "mtu", str(mtu), "up")
+                sh("ip", "-n", ns, "route", "add", f"{TOPO_POD[other]}/32", "dev", wg)
+                # For the (a'+rule) variant: table 1 as the lab's, used once the rule is added.
+                sh("ip", "-n", ns, "route", "add", f"{TOPO_POD[other]}/32", "dev", wg, "table", "1")
+            yield
+        finally:
+            _stop(procs)
+            for ns in (*TOPO_PODS, *TOPO_NODES):
+                lab_net.delete_netns(ns)
+            for link in (*TOPO_NODES, TOPO_BRIDGE):
+                if link in lab_net.link_names():
+                    lab_net.delete_link(link)
+
+
+def set_rule(present: bool) -> None:
+    """Add or remove the lab's `not fwmark` rule in both of (a')'s nodes."""
+    for ns in TOPO_NODES:
+        sh("ip", "-n", ns, "rule", "add" if present else "del", *RULE)
+
+
 @dataclass
 class Results:
     machine: dict[str, str]
     seconds: float
     mtu: int = 0
+    pod_mtu: int = 0
     lab: list[float] = field(default_factory=list)  # Gbit/s per round
-    hand: list[float] = field(default_factory=list)
-    underlay: list[float] = field(default_factory=list)
-    # CPU seconds used during each lab / hand run: wireguard-go (both ends), the agents (both)
+    topo: list[float] = field(default_factory=list)  # (a') same topology, plain routes
+    topo_rule: list[float] = field(default_factory=list)  # (a') + the lab's rule and table 1
+    hand: list[float] = field(default_factory=list)  # (a) bare tunnel
+    underlay: list[float] = field(default_factory=list)  # (b)
+    # CPU seconds used during each run: wireguard-go (both ends), the agents (both)
     lab_wg_cpu: list[float] = field(default_factory=list)
     lab_agent_cpu: list[float] = field(default_factory=list)
+    topo_wg_cpu: list[float] = field(default_factory=list)
     hand_wg_cpu: list[float] = field(default_factory=list)
 
 
 def report(r: Results) -> str:
-    lab_g, hand_g, plain_g = (statistics.median(x) for x in (r.lab, r.hand, r.underlay))
-    ratio = lab_g / hand_g
+    lab_g, topo_g, rule_g, hand_g, plain_g = (
+        statistics.median(x) for x in (r.lab, r.topo, r.topo_rule, r.hand, r.underlay)
+    )
+    ratio = lab_g / topo_g
 
     def row(label: str, xs: list[float]) -> str:
         runs = "/".join(f"{x:.2f}" for x in xs)
-        return f"  {label:50s}{statistics.median(xs):>8.2f} Gbit/s   (runs {runs})"
+        return f"  {label:58s}{statistics.median(xs):>7.2f} Gbit/s   (runs {runs})"
 
     return "\n".join(
         [
             f"meshcrypt throughput benchmark, {machine_line(r.machine)}",
             "",
-            f"4. iperf3 TCP, 1 stream, {r.seconds:g} s, median of {len(r.lab)} rounds; "
-            f"WireGuard MTU {r.mtu}",
+            f"4. iperf3 TCP, 1 stream, {r.seconds:g} s, median of {len(r.lab)} interleaved "
+            f"rounds; WireGuard MTU {r.mtu}, pod MTU {r.pod_mtu}",
             row("lab: pod -> pod through wireguard.cali", r.lab),
-            row("baseline (a) hand-configured wireguard-go tunnel", r.hand),
-            row("baseline (b) plain underlay (veth + bridge)", r.underlay),
+            row("(a') same topology, hand-configured, plain routes", r.topo),
+            row("(a'+rule) same, + not-fwmark rule and table 1 (diagnostic)", r.topo_rule),
+            row("(a) bare hand-configured tunnel (no pods, no forwarding)", r.hand),
+            row("(b) plain underlay (veth + bridge)", r.underlay),
             f"  CPU per run: wireguard-go lab {statistics.median(r.lab_wg_cpu):.2f} s, "
-            f"hand {statistics.median(r.hand_wg_cpu):.2f} s; "
+            f"(a') {statistics.median(r.topo_wg_cpu):.2f} s, "
+            f"(a) {statistics.median(r.hand_wg_cpu):.2f} s; "
             f"agents during the lab run {statistics.median(r.lab_agent_cpu):.2f} s",
-            f"  lab / hand-configured tunnel {ratio:.3f}; "
-            f"lab / underlay {lab_g / plain_g:.3f}; tunnel / underlay {hand_g / plain_g:.3f}",
+            f"  lab / (a') {ratio:.3f}; lab / (a'+rule) {lab_g / rule_g:.3f}; "
+            f"(a'+rule) / (a') {rule_g / topo_g:.3f}",
+            f"  lab / (a) {lab_g / hand_g:.3f}; (a') / (a) {topo_g / hand_g:.3f}; "
+            f"lab / (b) {lab_g / plain_g:.3f}",
             "",
-            "Targets",
-            f"  {'met   ' if ratio >= TARGET else 'MISSED'} lab {ratio:.3f} of the hand-configured "
-            f"tunnel (>= {TARGET})",
+            "Targets (against (a'): the same topology configured by hand, so the ratio is what",
+            "meshcrypt adds; (a) lacks the pods' veths and the nodes' forwarding altogether)",
+            f"  {'met   ' if ratio >= TARGET else 'MISSED'} lab {ratio:.3f} of the same-topology "
+            f"hand-configured tunnel (a') (>= {TARGET})",
         ]
     )
 
@@ -229,26 +353,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results(machine(), args.seconds)
     with sigterm_unwinds(), lab(2) as state:
         results.mtu = lab_mtu(state)
-        with hand_tunnel(results.mtu, args.seed):
+        results.pod_mtu = state.config.pod_mtu
+        with (
+            hand_tunnel(results.mtu, args.seed),
+            same_topology_tunnel(results.mtu, results.pod_mtu, args.seed),
+        ):
             a, b = (["ip", "netns", "exec", ns] for ns in HAND)
             src, dst = state.pods_of("node1")[0], state.pods_of("node2")[0]
             pod_a, pod_b = (["ip", "netns", "exec", p.netns] for p in (src, dst))
+            tp_a, tp_b = (["ip", "netns", "exec", ns] for ns in TOPO_PODS)
             ping_once(pod_a, dst.addresses[0])
+            ping_once(tp_a, TOPO_POD[1])
             ping_once(a, TUNNEL[1])
             lab_wg, lab_agents = lab_processes(state)
-            hand_wg = hand_processes()
+            hand_wg = wireguard_go_in(HAND)
+            topo_wg = wireguard_go_in(TOPO_NODES)
             for number in range(1, args.rounds + 1):
                 before = cpu(lab_wg), cpu(lab_agents)
                 results.lab.append(iperf(pod_b, pod_a, dst.addresses[0], args.seconds))
                 results.lab_wg_cpu.append(cpu(lab_wg) - before[0])
                 results.lab_agent_cpu.append(cpu(lab_agents) - before[1])
+                before_topo = cpu(topo_wg)
+                results.topo.append(iperf(tp_b, tp_a, TOPO_POD[1], args.seconds))
+                results.topo_wg_cpu.append(cpu(topo_wg) - before_topo)
+                set_rule(True)
+                try:
+                    results.topo_rule.append(iperf(tp_b, tp_a, TOPO_POD[1], args.seconds))
+                finally:
+                    set_rule(False)
                 before_hand = cpu(hand_wg)
                 results.hand.append(iperf(b, a, TUNNEL[1], args.seconds))
                 results.hand_wg_cpu.append(cpu(hand_wg) - before_hand)
                 results.underlay.append(iperf(b, a, UNDERLAY[1], args.seconds))
                 log(
-                    f"round {number}: lab {results.lab[-1]:.2f}, hand {results.hand[-1]:.2f}, "
-                    f"underlay {results.underlay[-1]:.2f} Gbit/s"
+                    f"round {number}: lab {results.lab[-1]:.2f}, (a') {results.topo[-1]:.2f}, "
+                    f"(a'+rule) {results.topo_rule[-1]:.2f}, (a) {results.hand[-1]:.2f}, "
+                    f"(b) {results.underlay[-1]:.2f} Gbit/s"
                 )
     print(report(results))
     if args.json:
@@ -272,10 +412,10 @@ def lab_processes(state: LabState) -> tuple[list[int], list[int]]:
     return wg, agent_pids
 
 
-def hand_processes() -> list[int]:
+def wireguard_go_in(namespaces: Sequence[str]) -> list[int]:
     return [
         p
-        for p in lab_proc.pids_in_netns(_netns_ids(list(HAND)))
+        for p in lab_proc.pids_in_netns(_netns_ids(list(namespaces)))
         if "wireguard-go" in " ".join(lab_proc.cmdline(p))
     ]
 
