@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -64,6 +65,10 @@ def run_agent(environ: Mapping[str, str]) -> int:
     for error in settings.errors:
         log.error("%s; using the default instead", error)
     state_dir = environ.get(STATE_DIR_ENV, "").strip() or DEFAULT_STATE_DIR
+    # Start-up decodes every datastore key into long-lived objects; with the default thresholds
+    # the cyclic collector walks that growing heap over and over (~0.3 s at 10,000 nodes). The
+    # agent makes few reference cycles, so collect less often.
+    gc.set_threshold(50_000, 20, 100)
     # `kill -USR1 <pid>` prints every thread's stack to the log: for explaining a stuck agent.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

@@ -98,6 +98,8 @@ class ManagerDispatch:
         self.manager.endpoint_wireguard_update(hostname, key, addr)
 
     def _cidr(self, text: str) -> CIDR | None:
+        if (":" in text) != (self.family is IPFamily.V6):
+            return None  # the other family's dispatcher parses it (and reports it if it is bad)
         try:
             cidr = parse_cidr(text)
         except ValueError as exc:

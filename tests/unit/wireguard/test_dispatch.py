@@ -79,7 +79,10 @@ def test_bad_input_logged_and_ignored(
     d.on_update(_key_msg(h, "peer1", "not base64!"))
     h.manager.apply()
     assert h.peers() == {}
-    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 4
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    # Route texts without a colon are the IPv4 dispatcher's to parse and report; the IPv6 one
+    # skips them unparsed (each route is parsed once, not once per family).
+    assert len(warnings) == (4 if h.family is IPFamily.V4 else 2)
 
 
 def test_remote_host_without_host_encryption_removes(family: IPFamily) -> None:
