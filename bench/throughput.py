@@ -1,8 +1,9 @@
 """Data-plane overhead: pod-to-pod TCP throughput through the lab's tunnel (issue 7, item 4).
 
-Paths, measured in turn (interleaved: lab, a', a'+rule, a, b) in each of `--rounds` rounds, so
-drift from background load hits all alike (iperf3, TCP, one stream, `--seconds` each; the figure
-is the receiver's rate, the median over the rounds):
+Paths, measured in turn (interleaved: lab, a', a'+rule, a, b, each round starting one path
+later) in each of `--rounds` rounds, so drift from background load and position hit all alike
+(iperf3, TCP, one stream, `--seconds` each; the figure is the receiver's rate, the median over
+the rounds):
 
 * **lab**: a 2-node lab with agents (`bench.labrun`: its own folder, prefix and underlay), from
   node1's pod to node2's pod: pod veth -> node1 (`not fwmark` rule, table 1) -> `wireguard.cali`
@@ -338,7 +339,7 @@ def report(r: Results) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench throughput", description=(__doc__ or "").splitlines()[0]
     )
@@ -350,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [t for t in ("iperf3", "wireguard-go", "wg") if shutil.which(t) is None]
     if missing:
         parser.error(f"needs {', '.join(missing)} (./dev setup installs them)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _args(argv)
     results = Results(machine(), args.seconds)
     with sigterm_unwinds(), lab(2) as state:
         results.mtu = lab_mtu(state)
@@ -368,23 +374,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             lab_wg, lab_agents = lab_processes(state)
             hand_wg = wireguard_go_in(HAND)
             topo_wg = wireguard_go_in(TOPO_NODES)
-            for number in range(1, args.rounds + 1):
+
+            def run_lab() -> None:
                 before = cpu(lab_wg), cpu(lab_agents)
                 results.lab.append(iperf(pod_b, pod_a, dst.addresses[0], args.seconds))
                 results.lab_wg_cpu.append(cpu(lab_wg) - before[0])
                 results.lab_agent_cpu.append(cpu(lab_agents) - before[1])
-                before_topo = cpu(topo_wg)
+
+            def run_topo() -> None:
+                before = cpu(topo_wg)
                 results.topo.append(iperf(tp_b, tp_a, TOPO_POD[1], args.seconds))
-                results.topo_wg_cpu.append(cpu(topo_wg) - before_topo)
+                results.topo_wg_cpu.append(cpu(topo_wg) - before)
+
+            def run_topo_rule() -> None:
                 set_rule(True)
                 try:
                     results.topo_rule.append(iperf(tp_b, tp_a, TOPO_POD[1], args.seconds))
                 finally:
                     set_rule(False)
-                before_hand = cpu(hand_wg)
+
+            def run_hand() -> None:
+                before = cpu(hand_wg)
                 results.hand.append(iperf(b, a, TUNNEL[1], args.seconds))
-                results.hand_wg_cpu.append(cpu(hand_wg) - before_hand)
+                results.hand_wg_cpu.append(cpu(hand_wg) - before)
+
+            def run_underlay() -> None:
                 results.underlay.append(iperf(b, a, UNDERLAY[1], args.seconds))
+
+            runs = [run_lab, run_topo, run_topo_rule, run_hand, run_underlay]
+            for number in range(1, args.rounds + 1):
+                # Each round starts one path later, so no path always runs first (or after (b)).
+                shift = (number - 1) % len(runs)
+                for run in runs[shift:] + runs[:shift]:
+                    run()
                 log(
                     f"round {number}: lab {results.lab[-1]:.2f}, (a') {results.topo[-1]:.2f}, "
                     f"(a'+rule) {results.topo_rule[-1]:.2f}, (a) {results.hand[-1]:.2f}, "
