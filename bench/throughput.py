@@ -138,20 +138,8 @@ def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
                 sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[i]}/24", "dev", "eth0")
                 sh("ip", "-n", ns, "link", "set", "eth0", "up")
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
-                procs.append(
-                    subprocess.Popen(
-                        ["ip", "netns", "exec", ns, "wireguard-go", "-f", HAND_WG[i]],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
+                _start_wireguard_go(ns, HAND_WG[i], procs)
             for i, ns in enumerate(HAND):
-                sock = Path(f"/var/run/wireguard/{HAND_WG[i]}.sock")
-                deadline = time.time() + 10
-                while not sock.exists():
-                    if time.time() > deadline:
-                        raise RuntimeError(f"wireguard-go {HAND_WG[i]} did not start")
-                    time.sleep(0.05)
                 other = 1 - i
                 key_file = Path(tmp) / f"{ns}.key"
                 key_file.write_text(keys[i].to_base64() + "\n")
@@ -180,14 +168,7 @@ def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
                 sh("ip", "-n", ns, "route", "add", f"{TUNNEL[other]}/32", "dev", wg)
             yield
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(procs)
             for ns in HAND:
                 lab_net.delete_netns(ns)
             for link in (*HAND, HAND_BRIDGE):

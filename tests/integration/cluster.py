@@ -302,20 +302,10 @@ class Cluster:
     # -- datastore helpers ------------------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
-        import base64
-        import urllib.request
-
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        req = urllib.request.Request(
-            f"{self.etcd.endpoint}/v3/kv/range",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            kvs = json.loads(resp.read()).get("kvs", [])
-        if not kvs:
+        found = self.etcd.values(key)
+        if not found:
             return None
-        value: dict[str, Any] = json.loads(base64.b64decode(kvs[0]["value"]))
+        value: dict[str, Any] = json.loads(found[0])
         return value
 
     def node_doc(self, name: str) -> dict[str, Any] | None:
@@ -345,30 +335,9 @@ class Cluster:
 
     def blocks_of(self, name: str, family: int = 4) -> list[str]:
         """The CIDRs of the IPAM blocks of `family` affine to `name` (from the blocks themselves)."""
-        import base64
-        import urllib.request
-
         prefix = f"/calico/ipam/v2/assignment/ipv{family}/block/"
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        body = json.dumps(
-            {
-                "key": base64.b64encode(prefix.encode()).decode(),
-                "range_end": base64.b64encode(end.encode()).decode(),
-            }
-        ).encode()
-        req = urllib.request.Request(
-            f"{self.etcd.endpoint}/v3/kv/range",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            kvs = json.loads(resp.read()).get("kvs", [])
-        found = []
-        for kv in kvs:
-            doc = json.loads(base64.b64decode(kv["value"]))
-            if doc.get("affinity") == f"host:{name}":
-                found.append(doc["cidr"])
-        return sorted(found)
+        docs = [json.loads(value) for value in self.etcd.values(prefix, prefix=True)]
+        return sorted(doc["cidr"] for doc in docs if doc.get("affinity") == f"host:{name}")
 
     def give_pod_address(self, node: AgentNode, family: int = 4) -> str:
         """Put the 10th address of the node's block of `family` on its loopback (a stand-in pod);

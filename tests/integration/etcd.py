@@ -166,6 +166,14 @@ class EtcdServer:
         body = {"key": _b64(key), "value": base64.b64encode(raw).decode()}
         return int(self._call("kv/put", body)["header"]["revision"])
 
+    def values(self, key: str, prefix: bool = False) -> list[bytes]:
+        """The value of `key` (a list of one, or empty), or with `prefix` of every key under it."""
+        body = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = _b64(key[:-1] + chr(ord(key[-1]) + 1))
+        kvs = self._call("kv/range", body).get("kvs", [])
+        return [base64.b64decode(kv["value"]) for kv in kvs]
+
     def mod_revision(self, key: str) -> int | None:
         """The revision of the key's last write; None when it does not exist."""
         kvs = self._call("kv/range", {"key": _b64(key)}).get("kvs", [])

@@ -178,12 +178,13 @@ class Dataplane:
         )
 
     def dispatch(self, messages: Iterable[DataplaneMessage]) -> None:
-        for msg in messages:
-            for dispatcher in self._dispatchers:
-                dispatcher.on_update(msg)
+        self.dispatch_to(FAMILIES, messages)
 
-    def dispatch_to(self, families: Iterable[IPFamily], messages: list[DataplaneMessage]) -> None:
-        chosen = [d for d in self._dispatchers if d.family in set(families)]
+    def dispatch_to(
+        self, families: Iterable[IPFamily], messages: Iterable[DataplaneMessage]
+    ) -> None:
+        wanted = set(families)
+        chosen = [d for d in self._dispatchers if d.family in wanted]
         for msg in messages:
             for dispatcher in chosen:
                 dispatcher.on_update(msg)

@@ -147,6 +147,10 @@ class Agent:
         self._dataplane_wake = asyncio.Event()
         self._status_wake = asyncio.Event()
         self._link_events: list[tuple[str, int, bool, bool]] = []
+        self._links_lost = False  # the link monitor overflowed: re-read the host MTU
+        self._rebuilt: list[IPFamily] = []  # families whose manager the last reconfigure rebuilt
+        self._resync_at = 0.0  # the next periodic full resync (set with the first configuration)
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by run()
         self._full_resync_pending = True
         self._first_change_at: float | None = None
         self._dataplane_retry = _Retry()
@@ -293,6 +297,7 @@ class Agent:
 
     def _on_key(self, family: IPFamily, key: Key) -> None:
         # Called by a manager during apply, in the dataplane thread: hand over to the loop.
+        assert self._loop is not None, "applies run only inside run()"
         self._loop.call_soon_threadsafe(self._key_reported, family, normalise_public_key(key))
 
     def _key_reported(self, family: IPFamily, text: str) -> None:
@@ -392,7 +397,7 @@ class Agent:
             self.dataplane.queue_resync()
         started = self._clock()
         try:
-            await self._loop.run_in_executor(self._executor, self.dataplane.apply)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.dataplane.apply)
         except MeshcryptError as exc:
             self.last_apply_ok = False
             delay = self._dataplane_retry.failed(self._clock())
@@ -442,11 +447,6 @@ class Agent:
         self._status_wake.set()
         for callback in self.on_config_change:
             callback(config)
-
-    _rebuilt: list[IPFamily] = []  # noqa: RUF012 - set per instance in _reconfigure_if_needed
-    _resync_at: float = 0.0
-    _links_lost = False
-    _loop: asyncio.AbstractEventLoop
 
     # -- the status task ----------------------------------------------------------------------
 
