@@ -108,8 +108,11 @@ def test_host_and_pod_traffic_is_encrypted_and_etcd_stays_direct(tmp_path: Path)
         found = classify_underlay(lines, c.etcd_hosts)
         assert not found["other"], found["other"]
         assert len(found["wireguard"]) >= 18, found  # 3 pings x 3 echoes x 2 directions
-        assert found["etcd"], "the watch event reached the agent directly"
-        assert all(f"{a.address}." in line for line in found["etcd"])
+        # The bridge floods a frame whose destination it has not learnt (or has aged out) to
+        # every port, so a's capture may also hold some of b's etcd packets: only a's own count.
+        ours = [line for line in found["etcd"] if f"{a.address}." in line]
+        assert ours, f"the watch event reached the agent directly: {found['etcd']}"
+        assert all(f"{b.address}." in line for line in found["etcd"] if line not in ours)
         assert "persistent keepalive: every 5 seconds" in a.sh("wg", "show", IFACE)
 
         # Host encryption off: node addresses leave the peers and the table, the mark goes,
@@ -177,7 +180,11 @@ def test_a_rebooted_node_rejoins_with_a_new_key_when_etcd_is_behind_a_peer(tmp_p
         n3.start()
         wait_for("n3 ready again", lambda: http_get(n3, 9099, "/readiness")[0] == 200, timeout=30)
         assert n3.public_key() == key3 == c.published_key("n3")
-        assert "IPv4 WireGuard bootstrap: WireGuard public key matches kernel" in n3.log()
+        start_lines = [line for line in n3.log().splitlines() if "ootstrap" in line]
+        assert any(
+            "IPv4 WireGuard bootstrap: WireGuard public key matches kernel" in line
+            for line in start_lines
+        ), "\n".join(start_lines)
 
         old_key = n1.public_key()
         assert n1.stop() == 0

@@ -20,6 +20,7 @@ import pytest
 
 from meshcrypt.agent.bootstrap import (
     DEFAULT_TIMEOUT,
+    READ_ATTEMPTS,
     TIMEOUT_ENV,
     BootstrapOutcome,
     Bootstrapper,
@@ -388,7 +389,7 @@ def test_an_unreachable_datastore_at_start_keeps_wireguard_for_the_watchdog(stac
     for family in stack:
         assert outcome.decision.family(family).reason is Reason.PUBLISHED_KEY_UNKNOWN
         assert w.has_device(family)
-    assert w.ds.calls[DatastoreOp.LIST] == 2  # READ_ATTEMPTS
+    assert w.ds.calls[DatastoreOp.LIST] == READ_ATTEMPTS
 
 
 def test_a_missing_own_node_means_no_published_key(stack):

@@ -110,7 +110,7 @@ DEFAULT_TIMEOUT = 30.0
 FORCE_ENV = "FELIX_DBG_WGBOOTSTRAP"  # Felix's test backdoor: bootstrap even without host encryption
 
 REMOVE_ATTEMPTS = 5
-READ_ATTEMPTS = 2
+READ_ATTEMPTS = 3
 BACKOFF_START = 0.2
 BACKOFF_MAX = 2.0
 BACKOFF_JITTER = 0.2
@@ -158,20 +158,40 @@ def family_facts(
 
 
 async def read_bootstrap_config(
-    datastore: Datastore, node: str, env_layer: Mapping[str, object]
+    datastore: Datastore,
+    node: str,
+    env_layer: Mapping[str, object],
+    *,
+    attempts: int = READ_ATTEMPTS,
+    sleep: Sleep = asyncio.sleep,
 ) -> FelixConfig:
     """The configuration at start: FelixConfiguration `default` and `node.<node>` under the
-    `FELIX_*` layer, read once (one listing) before the agent syncs. When etcd does not answer the
-    environment alone decides (logged); invalid fields are reported and skipped, as the agent does.
+    `FELIX_*` layer, read (one listing, up to `attempts` tries) before the agent syncs. When etcd
+    does not answer the environment alone decides (logged); invalid fields are reported and
+    skipped, as the agent does.
+
+    A failed try is retried because the answer decides whether the bootstrap runs at all: a
+    single slow reply (a lost WireGuard handshake costs 5 s) must not turn host encryption "off".
     """
     view = ClusterView(node, env_layer, Calculator(node))
-    try:
-        kvs, _revision = await datastore.list_prefix(layout.FELIX_CONFIGURATIONS)
-    except MeshcryptError as exc:
+    kvs: Sequence[KeyValue] | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            kvs, _revision = await datastore.list_prefix(layout.FELIX_CONFIGURATIONS)
+            break
+        except MeshcryptError as exc:
+            log.warning(
+                "Reading the FelixConfigurations for the WireGuard bootstrap failed (%s), "
+                "attempt %d of %d",
+                exc,
+                attempt,
+                attempts,
+            )
+            if attempt < attempts:
+                await sleep(backoff(attempt))
+    if kvs is None:
         log.warning(
-            "Cannot read the FelixConfigurations (%s); the WireGuard bootstrap uses the "
-            "environment only",
-            exc,
+            "Cannot read the FelixConfigurations; the WireGuard bootstrap uses the environment only"
         )
         return resolve(env_layer)
     for kv in kvs:

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from meshcrypt.agent.bootstrap import SwitchableDatastore, read_bootstrap_config
+from meshcrypt.agent.bootstrap import READ_ATTEMPTS, SwitchableDatastore, read_bootstrap_config
 from meshcrypt.agent.settings import load_settings
 from meshcrypt.datastore import layout
-from meshcrypt.fakes import FakeDatastore
+from meshcrypt.fakes import DatastoreOp, FakeDatastore
 from meshcrypt.model.errors import DatastoreUnavailable
 from tests.unit.agent.helpers import dump, felix_doc, run
 
@@ -35,13 +35,30 @@ def test_configuration_layers_default_node_and_environment() -> None:
     assert config.wireguard_listening_port == 2222  # the environment wins
 
 
+async def _no_wait(_seconds: float) -> None:
+    return None
+
+
 def test_unreachable_datastore_means_environment_only(caplog: pytest.LogCaptureFixture) -> None:
     ds = _store(default={"wireguardEnabled": True, "wireguardHostEncryptionEnabled": True})
     ds.go_down()
     env = {"wireguard_enabled": True}
-    config = run(lambda: read_bootstrap_config(ds, "n1", env))
+    config = run(lambda: read_bootstrap_config(ds, "n1", env, sleep=_no_wait))
     assert config.wireguard_enabled and not config.wireguard_host_encryption_enabled
+    assert ds.calls[DatastoreOp.LIST] == READ_ATTEMPTS
     assert "uses the environment only" in caplog.text
+
+
+def test_one_failed_read_is_retried_and_the_datastore_still_decides(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ds = _store(default={"wireguardEnabled": True, "wireguardHostEncryptionEnabled": True})
+    ds.fail_next(DatastoreOp.LIST)
+    config = run(lambda: read_bootstrap_config(ds, "n1", {}, sleep=_no_wait))
+    assert config.wireguard_enabled and config.wireguard_host_encryption_enabled
+    assert ds.calls[DatastoreOp.LIST] == 2
+    assert "attempt 1 of 3" in caplog.text
+    assert "uses the environment only" not in caplog.text
 
 
 def test_an_invalid_field_is_skipped_and_the_rest_applies(caplog: pytest.LogCaptureFixture) -> None:
