@@ -1,6 +1,6 @@
 """Data-plane overhead: pod-to-pod TCP throughput through the lab's tunnel (issue 7, item 4).
 
-Paths, measured in turn (interleaved: lab, a', a'+rule, a, b, each round starting one path
+Paths, measured in turn (interleaved: lab, a', a'+rule, a, a-shared, b, each round starting one path
 later) in each of `--rounds` rounds, so drift from background load and position hit all alike
 (iperf3, TCP, one stream, `--seconds` each; the figure is the receiver's rate, the median over
 the rounds):
@@ -19,7 +19,16 @@ the rounds):
 * **(a) bare hand-configured tunnel**: two namespaces (`mcbh-a`, `mcbh-b`) in a bridge of their own
   (`mcbh0`), a wireguard-go device each, the lab device's MTU; iperf3 between the tunnel addresses
   (no pods, no forwarding).
+* **(a-shared)** diagnostic: (a) again (`mcbs-a`, `mcbs-b`, bridge `mcbs0`), but with wireguard-go
+  started in the bench's own session instead of a session of its own.
 * **(b) plain underlay**: the namespaces of (a), between their `eth0` addresses (no WireGuard).
+
+Every baseline's wireguard-go is started as the agent starts its own: `-f`, in a session of its
+own (`setsid`). On a kernel that shares CPU time out per session (`kernel.sched_autogroup_enabled`
+= 1, processes in the root cgroup, as on this VM) that decides how the two cores are split between
+wireguard-go and iperf3: a wireguard-go sharing the bench's session (and so iperf3's group) gets
+about a fifth more throughput. (a-shared) / (a) shows that effect in every run, and the report
+says which wireguard-go processes lead their own session.
 
 Before each lab/tunnel measurement one ping is sent one way, so the handshake is done. Needs root
 and iperf3. Everything is removed at the end, also on Ctrl-C or SIGTERM.
@@ -33,6 +42,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import os
 import random
 import shutil
 import statistics
@@ -121,29 +131,52 @@ def iperf(server: Sequence[str], client: Sequence[str], address: str, seconds: f
         srv.wait()
 
 
+@dataclass(frozen=True)
+class BareTunnel:
+    """Names and addresses of one bare hand-configured tunnel: (a), or (a-shared)."""
+
+    namespaces: tuple[str, str]  # also their veths' host ends
+    bridge: str
+    devices: tuple[str, str]  # wireguard-go's socket directory is shared: distinct names
+    underlay: tuple[str, str]
+    tunnel: tuple[str, str]
+    own_session: bool  # start wireguard-go in a session of its own, as the agent does
+
+
+BARE = BareTunnel(HAND, HAND_BRIDGE, HAND_WG, UNDERLAY, TUNNEL, own_session=True)
+BARE_SHARED = BareTunnel(
+    ("mcbs-a", "mcbs-b"),
+    "mcbs0",
+    ("mcbsa", "mcbsb"),
+    ("10.216.0.1", "10.216.0.2"),
+    ("10.217.0.1", "10.217.0.2"),
+    own_session=False,
+)
+
+
 @contextlib.contextmanager
-def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
+def hand_tunnel(mtu: int, seed: int, t: BareTunnel = BARE) -> Iterator[None]:
     """Two namespaces in a bridge, with a wireguard-go tunnel configured by hand; removed after."""
     rng = random.Random(seed)
-    keys = [PrivateKey(rng.randbytes(32)).clamped() for _ in HAND]
+    keys = [PrivateKey(rng.randbytes(32)).clamped() for _ in t.namespaces]
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="mcbench-hand-") as tmp:
         try:
-            sh("ip", "link", "add", HAND_BRIDGE, "type", "bridge")
-            sh("ip", "link", "set", HAND_BRIDGE, "up")
-            for i, ns in enumerate(HAND):
+            sh("ip", "link", "add", t.bridge, "type", "bridge")
+            sh("ip", "link", "set", t.bridge, "up")
+            for i, ns in enumerate(t.namespaces):
                 sh("ip", "netns", "add", ns)
                 sh("ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                sh("ip", "link", "set", ns, "master", HAND_BRIDGE, "up")
-                sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[i]}/24", "dev", "eth0")
+                sh("ip", "link", "set", ns, "master", t.bridge, "up")
+                sh("ip", "-n", ns, "addr", "add", f"{t.underlay[i]}/24", "dev", "eth0")
                 sh("ip", "-n", ns, "link", "set", "eth0", "up")
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
-                _start_wireguard_go(ns, HAND_WG[i], procs)
-            for i, ns in enumerate(HAND):
+                _start_wireguard_go(ns, t.devices[i], procs, own_session=t.own_session)
+            for i, ns in enumerate(t.namespaces):
                 other = 1 - i
                 key_file = Path(tmp) / f"{ns}.key"
                 key_file.write_text(keys[i].to_base64() + "\n")
-                wg = HAND_WG[i]
+                wg = t.devices[i]
                 sh(
                     "ip",
                     "netns",
@@ -159,29 +192,40 @@ def hand_tunnel(mtu: int, seed: int) -> Iterator[None]:
                     "peer",
                     keys[other].public_key().to_base64(),
                     "endpoint",
-                    f"{UNDERLAY[other]}:{WG_PORT}",
+                    f"{t.underlay[other]}:{WG_PORT}",
                     "allowed-ips",
-                    f"{TUNNEL[other]}/32",
+                    f"{t.tunnel[other]}/32",
                 )
-                sh("ip", "-n", ns, "addr", "add", f"{TUNNEL[i]}/32", "dev", wg)
+                sh("ip", "-n", ns, "addr", "add", f"{t.tunnel[i]}/32", "dev", wg)
                 sh("ip", "-n", ns, "link", "set", wg, "mtu", str(mtu), "up")
-                sh("ip", "-n", ns, "route", "add", f"{TUNNEL[other]}/32", "dev", wg)
+                sh("ip", "-n", ns, "route", "add", f"{t.tunnel[other]}/32", "dev", wg)
             yield
         finally:
             _stop(procs)
-            for ns in HAND:
+            for ns in t.namespaces:
                 lab_net.delete_netns(ns)
-            for link in (*HAND, HAND_BRIDGE):
+            for link in (*t.namespaces, t.bridge):
                 if link in lab_net.link_names():
                     lab_net.delete_link(link)
 
 
-def _start_wireguard_go(ns: str, name: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def _start_wireguard_go(
+    ns: str, name: str, procs: list[subprocess.Popen[bytes]], *, own_session: bool = True
+) -> None:
+    """wireguard-go in `ns`; by default in a session of its own, as the agent starts it.
+
+    The session matters where the kernel groups CPU time by session (`kernel.sched_autogroup_enabled`
+    = 1 and the processes in the root cgroup, as on this VM): a wireguard-go in its own session
+    competes with iperf3 as a group of its own, and one in the bench's session shares a group
+    with iperf3 — about a fifth faster here. Comparing a lab device (own session) with a baseline
+    in the bench's session measured the scheduler, not meshcrypt; (a-shared) shows the effect.
+    """
     procs.append(
         subprocess.Popen(
             ["ip", "netns", "exec", ns, "wireguard-go", "-f", name],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=own_session,
         )
     )
     sock = Path(f"/var/run/wireguard/{name}.sock")
@@ -281,18 +325,46 @@ class Results:
     topo: list[float] = field(default_factory=list)  # (a') same topology, plain routes
     topo_rule: list[float] = field(default_factory=list)  # (a') + the lab's rule and table 1
     hand: list[float] = field(default_factory=list)  # (a) bare tunnel
+    hand_shared: list[float] = field(default_factory=list)  # (a), wireguard-go in our session
     underlay: list[float] = field(default_factory=list)  # (b)
     # CPU seconds used during each run: wireguard-go (both ends), the agents (both)
     lab_wg_cpu: list[float] = field(default_factory=list)
     lab_agent_cpu: list[float] = field(default_factory=list)
     topo_wg_cpu: list[float] = field(default_factory=list)
     hand_wg_cpu: list[float] = field(default_factory=list)
+    autogroup: str = ""  # kernel.sched_autogroup_enabled
+    # path -> how many of its wireguard-go processes lead a session of their own
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    def note_sessions(self, **pids: Sequence[int]) -> None:
+        """Record the scheduler's view: autogroup on or off, and who leads a session."""
+        self.autogroup = autogroup_setting()
+        self.sessions = {path: own_sessions(p) for path, p in pids.items()}
+
+
+def autogroup_setting() -> str:
+    """`kernel.sched_autogroup_enabled` ("1": CPU time is shared out per session), or "absent"."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "absent"
+
+
+def own_sessions(pids: Sequence[int]) -> str:
+    """ "k of n": how many of `pids` lead their own session (as the agent's wireguard-go does)."""
+    leaders = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            leaders += os.getsid(pid) == pid
+    return f"{leaders} of {len(pids)}"
 
 
 def report(r: Results) -> str:
-    lab_g, topo_g, rule_g, hand_g, plain_g = (
-        statistics.median(x) for x in (r.lab, r.topo, r.topo_rule, r.hand, r.underlay)
+    lab_g, topo_g, rule_g, hand_g, shared_g, plain_g = (
+        statistics.median(x)
+        for x in (r.lab, r.topo, r.topo_rule, r.hand, r.hand_shared, r.underlay)
     )
+    sessions = ", ".join(f"{path} {count}" for path, count in r.sessions.items())
     ratio = lab_g / topo_g
 
     def row(label: str, xs: list[float]) -> str:
@@ -309,6 +381,7 @@ def report(r: Results) -> str:
             row("(a') same topology, hand-configured, plain routes", r.topo),
             row("(a'+rule) same, + not-fwmark rule and table 1 (diagnostic)", r.topo_rule),
             row("(a) bare hand-configured tunnel (no pods, no forwarding)", r.hand),
+            row("(a-shared) (a), wireguard-go in the bench's session (diag.)", r.hand_shared),
             row("(b) plain underlay (veth + bridge)", r.underlay),
             f"  CPU per run: wireguard-go lab {statistics.median(r.lab_wg_cpu):.2f} s, "
             f"(a') {statistics.median(r.topo_wg_cpu):.2f} s, "
@@ -318,6 +391,8 @@ def report(r: Results) -> str:
             f"(a'+rule) / (a') {rule_g / topo_g:.3f}",
             f"  lab / (a) {lab_g / hand_g:.3f}; (a') / (a) {topo_g / hand_g:.3f}; "
             f"lab / (b) {lab_g / plain_g:.3f}",
+            f"  (a-shared) / (a) {shared_g / hand_g:.3f}: kernel.sched_autogroup_enabled = "
+            f"{r.autogroup}; wireguard-go leading its own session: {sessions}",
             "",
             "Targets (against (a'): the same topology configured by hand, so the ratio is what",
             "meshcrypt adds; (a) lacks the pods' veths and the nodes' forwarding altogether)",
@@ -350,18 +425,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.pod_mtu = state.config.pod_mtu
         with (
             hand_tunnel(results.mtu, args.seed),
+            hand_tunnel(results.mtu, args.seed, BARE_SHARED),
             same_topology_tunnel(results.mtu, results.pod_mtu, args.seed),
         ):
             a, b = (["ip", "netns", "exec", ns] for ns in HAND)
             src, dst = state.pods_of("node1")[0], state.pods_of("node2")[0]
             pod_a, pod_b = (["ip", "netns", "exec", p.netns] for p in (src, dst))
             tp_a, tp_b = (["ip", "netns", "exec", ns] for ns in TOPO_PODS)
-            ping_once(pod_a, dst.addresses[0])
-            ping_once(tp_a, TOPO_POD[1])
-            ping_once(a, TUNNEL[1])
+            sa, sb = (["ip", "netns", "exec", ns] for ns in BARE_SHARED.namespaces)
+            for prefix, address in (
+                (pod_a, dst.addresses[0]),
+                (tp_a, TOPO_POD[1]),
+                (a, TUNNEL[1]),
+                (sa, BARE_SHARED.tunnel[1]),
+            ):
+                ping_once(prefix, address)
             lab_wg, lab_agents = lab_processes(state)
             hand_wg = wireguard_go_in(HAND)
             topo_wg = wireguard_go_in(TOPO_NODES)
+            shared_wg = wireguard_go_in(BARE_SHARED.namespaces)
+            results.note_sessions(lab=lab_wg, topo=topo_wg, hand=hand_wg, shared=shared_wg)
 
             def run_lab() -> None:
                 before = cpu(lab_wg), cpu(lab_agents)
@@ -386,10 +469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.hand.append(iperf(b, a, TUNNEL[1], args.seconds))
                 results.hand_wg_cpu.append(cpu(hand_wg) - before)
 
+            def run_hand_shared() -> None:
+                tunnel = BARE_SHARED.tunnel[1]
+                results.hand_shared.append(iperf(sb, sa, tunnel, args.seconds))
+
             def run_underlay() -> None:
                 results.underlay.append(iperf(b, a, UNDERLAY[1], args.seconds))
 
-            runs = [run_lab, run_topo, run_topo_rule, run_hand, run_underlay]
+            runs = [run_lab, run_topo, run_topo_rule, run_hand, run_hand_shared, run_underlay]
             for number in range(1, args.rounds + 1):
                 # Each round starts one path later, so no path always runs first (or after (b)).
                 shift = (number - 1) % len(runs)
@@ -398,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(
                     f"round {number}: lab {results.lab[-1]:.2f}, (a') {results.topo[-1]:.2f}, "
                     f"(a'+rule) {results.topo_rule[-1]:.2f}, (a) {results.hand[-1]:.2f}, "
+                    f"(a-shared) {results.hand_shared[-1]:.2f}, "
                     f"(b) {results.underlay[-1]:.2f} Gbit/s"
                 )
     print(report(results))
