@@ -148,8 +148,11 @@ def test_host_encryption_encrypts_host_traffic_and_etcd_stays_direct(
         eventually(lab, "keepalive 5 s on every node", keepalive_everywhere, lab, 5)
     found = no_plaintext_host_traffic(lab, lines)
     assert len(found["wireguard"]) >= 5 * 3 * 2, found  # 5 pings x 3 echoes x 2 directions
-    assert found["etcd"], "the change reached node1's agent directly from etcd"
-    assert all(f"{n1}." in line for line in found["etcd"]), found["etcd"]
+    # The bridge floods frames to addresses it has not learnt (or has aged out) to every port, so
+    # node1's capture may also hold a few of node2's etcd packets: only node1's own count here.
+    ours = [line for line in found["etcd"] if f"{n1}." in line]
+    assert ours, f"the change reached node1's agent directly from etcd: {found['etcd']}"
+    assert all(f"{n2}." in line for line in found["etcd"] if line not in ours), found["etcd"]
     assert "IPv4 address      device address: " + n1 in doctor(lab, "node1")
 
 

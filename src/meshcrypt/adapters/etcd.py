@@ -332,7 +332,10 @@ class EtcdDatastore:
                 start_revision=max(start_revision, 0),
             )
             await stream.write(rpc.WatchRequest(create_request=create))
-            response = await asyncio.wait_for(stream.read(), self._timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the read completes, and the cancelled watch then waited for events forever.
+            async with asyncio.timeout(self._timeout):
+                response = await stream.read()
             while True:
                 if not isinstance(response, rpc.WatchResponse):  # grpc.aio.EOF
                     raise self._translate(conn, f"watch {prefix}", EOFError("watch stream ended"))

@@ -18,13 +18,10 @@ async def serve(host: str, port: int, routes: Mapping[str, Handler]) -> asyncio.
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-                b"\r\n",
-                b"\n",
-                b"",
-            ):
-                pass
+            async with asyncio.timeout(5):  # not wait_for: it can lose a cancellation
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
             parts = request.decode("latin-1").split()
             if len(parts) < 2:
                 return

@@ -364,7 +364,8 @@ class Agent:
     async def _wait(self, event: asyncio.Event, deadline: float | None) -> None:
         timeout = None if deadline is None else max(0.0, deadline - self._clock())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation
+                await event.wait()
 
     async def _dataplane_round(self) -> None:
         async with self._apply_lock:
