@@ -87,10 +87,18 @@ def device_dump(sim: SimNode) -> bytes:
 def device_routes(sim: SimNode, cidr: str | None = None) -> list[str]:
     """Table 1's routes through our device (those of `cidr` only, when given)."""
     cmd = ["ip", "-n", sim.netns, "-4", "route", "show", "table", str(TABLE)]
-    out = subprocess.run(
-        cmd + ([cidr] if cidr else []), capture_output=True, text=True, check=True
-    ).stdout
-    return [line for line in out.splitlines() if f"dev {IFACE}" in line]
+    for _ in range(20):
+        done = subprocess.run(
+            cmd + ([cidr] if cidr else []), capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            return [line for line in done.stdout.splitlines() if f"dev {IFACE}" in line]
+        if "table does not exist" in done.stderr:
+            return []  # no route in it yet
+        # A dump that overlaps a batch of route writes ends with "Dump was interrupted": again.
+        if "interrupted" not in done.stderr:
+            break
+    raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
 def counts(sim: SimNode) -> tuple[int, int]:
