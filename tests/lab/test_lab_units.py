@@ -307,6 +307,34 @@ def test_ping_results_are_parsed():
     assert cmd[cmd.index("-w") + 1] == "10" and cmd[-1] == "10.65.0.64"
 
 
+def test_warm_up_pings_every_node_pair_once_one_way_per_family(tmp_path: Path):
+    state = LabState(
+        dir=tmp_path,
+        config=LabConfig(nodes=3, pods_per_node=2, families=(IPFamily.V4, IPFamily.V6)),
+    )
+    for i in range(1, 4):
+        state.nodes.append(NodeRecord(f"node{i}", i, f"ns{i}", f"h{i}", []))
+        for k in (1, 2):
+            state.pods.append(
+                PodRecord(
+                    f"node{i}-pod{k}",
+                    f"node{i}",
+                    f"ns{i}{k}",
+                    "c",
+                    [f"10.{i}.0.{k}", f"fd{i}::{k}"],
+                )
+            )
+    plan = ping.warm_up_plan(state)
+    pairs = [(p.source.name, p.target.name, p.family) for p in plan]
+    for family in (IPFamily.V4, IPFamily.V6):
+        assert [(s, t) for s, t, f in pairs if f is family] == [
+            ("node1-pod1", "node2-pod1"),
+            ("node1-pod1", "node3-pod1"),
+            ("node2-pod1", "node3-pod1"),
+        ]
+    assert {p.address for p in plan if p.family is IPFamily.V6} == {"fd2::1", "fd3::1"}
+
+
 # ---- the CNI plugin's writes ---------------------------------------------------------------------
 
 

@@ -330,6 +330,8 @@ def _run_ping(args: argparse.Namespace) -> int:
     pings = ping.plan(state)
     if not pings:
         raise LabError("nothing to ping: the lab needs two nodes with pods")
+    for line in ping.warm_up(state, args.deadline):
+        _say(line)
     results = ping.run(pings, args.count, args.deadline)
     for line in ping.matrix(state, results, args.count):
         _say(line)

@@ -76,6 +76,8 @@ def capture(state: LabState, node_name: str, seconds: float, say: Say) -> Captur
         raise LabError(
             f"{node_name} has no pod traffic to capture (it needs pods, and other nodes with pods)"
         )
+    for line in ping.warm_up(state):  # outside the capture: its packets are not counted
+        say(line)
     pcap = state.dir / f"capture-{node_name}.pcap"
     # --immediate-mode: without it packets wait in the kernel's ring for up to a second, and
     # those still waiting when tcpdump is stopped are never written.
