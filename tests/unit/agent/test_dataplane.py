@@ -479,3 +479,15 @@ def test_an_address_that_stops_being_a_host_address_is_no_longer_held() -> None:
     rig.dataplane.dispatch([RouteUpdate(B_HOST[V4], RouteType.REMOTE_HOST, dst_node_name="b")])
     rig.apply()
     assert rig.routes(1)[B_HOST[V4]] == (RouteKind.THROW, None)
+
+
+def test_enabling_a_family_later_gives_it_every_node() -> None:
+    """The disabled family's manager ignores what it is fed; enabling the family builds a new
+    manager that gets the calculator's whole snapshot."""
+    rig = started(ENABLED)  # IPv6 off
+    assert not rig.dataplane.managers[V6]._cache.nodes
+    assert rig.configure(BOTH) == [V6]
+    rig.apply()
+    peer = rig.kernel.device(IFACE_V6).peers[rig.key_b6]
+    assert ipaddress.ip_network("fd00:65:1::/122") in peer.allowed_ips
+    assert rig.routes(1, V6)["fd00:65:1::/122"][0] is RouteKind.DEVICE
