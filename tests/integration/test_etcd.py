@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,3 +370,37 @@ def test_timings_list_10000_keys_and_watch_throughput(etcd: EtcdServer) -> None:
             await ds.close()
 
     asyncio.run(run())
+
+
+def test_a_slow_first_connection_is_waited_for(etcd: EtcdServer) -> None:
+    """Every SYN to etcd is dropped for half a second (as while a WireGuard handshake is retried on
+    the way): the kernel sends the SYN again after 1 s and the call succeeds then. gRPC gives a
+    connection attempt at least `grpc.min_reconnect_backoff_ms`; at 100 ms the call failed."""
+    port = int(etcd.endpoint.rsplit(":", 1)[1])
+    table = f"mctestsyn{port}"
+    rules = (
+        f"add table inet {table}\n"
+        f"add chain inet {table} out {{ type filter hook output priority 0 ; }}\n"
+        f"add rule inet {table} out tcp dport {port} tcp flags syn drop\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+
+    def open_the_path() -> None:
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True, check=False)
+
+    async def run() -> None:
+        ds = EtcdDatastore([etcd.endpoint], timeout=5)
+        try:
+            call = asyncio.ensure_future(ds.get("/slow"))
+            await asyncio.sleep(0.5)
+            open_the_path()
+            started = time.monotonic()
+            assert await call is None
+            assert time.monotonic() - started < 4.5
+        finally:
+            await ds.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        open_the_path()

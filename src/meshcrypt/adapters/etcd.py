@@ -49,7 +49,11 @@ _CHANNEL_OPTIONS: Final[dict[str, int]] = {
     # Channels to one target share subchannels (and their reconnect backoff) by default.
     "grpc.use_local_subchannel_pool": 1,
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
+    # Despite its name this is gRPC's *minimum connect timeout*: every connection attempt gets at
+    # least this long. At 100 ms a connection whose first SYN was lost (a WireGuard handshake being
+    # retried on the way, a busy host, a distant member) failed again and again; a call's own
+    # deadline (`timeout`, 5 s) still bounds how long a caller waits.
+    "grpc.min_reconnect_backoff_ms": int(DEFAULT_TIMEOUT * 1000),
     "grpc.max_reconnect_backoff_ms": 2000,
     # Detect a silently dead peer under a quiet watch stream within ~15 s. etcd refuses pings more
     # often than every 5 s (--grpc-keepalive-min-time) and pings without a stream at all.
