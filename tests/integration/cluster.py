@@ -404,16 +404,22 @@ def _split_host_port(text: str, family: str) -> tuple[str, int | None]:
 
 def classify_underlay(lines: list[str], etcd_hosts: Iterable[str] = ()) -> dict[str, list[str]]:
     """Sort captured packets (tcpdump -nn lines): `wireguard` (UDP from or to a WireGuard port),
-    `etcd` (from or to one of `etcd_hosts`), `control` (ARP, IPv6 neighbour and router discovery)
+    `etcd` (from or to one of `etcd_hosts`), `control` (ARP, IGMP, IPv6 neighbour and router discovery)
     and `other` — anything else, e.g. plaintext between two nodes."""
     etcd = set(etcd_hosts)
     found: dict[str, list[str]] = {"wireguard": [], "etcd": [], "control": [], "other": []}
     for line in lines:
         match = _PACKET.search(line)
-        if "ARP," in line or (
-            match is not None
-            and "ICMP6," in match.group(4)
-            and any(kind in match.group(4) for kind in _ICMP6_CONTROL)
+        # IGMP membership reports (sent from 0.0.0.0 while an interface has no IPv4 address yet)
+        # are link control too.
+        if (
+            "ARP," in line
+            or ": igmp " in line
+            or (
+                match is not None
+                and "ICMP6," in match.group(4)
+                and any(kind in match.group(4) for kind in _ICMP6_CONTROL)
+            )
         ):
             found["control"].append(line)
             continue
