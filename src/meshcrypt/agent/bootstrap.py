@@ -174,21 +174,9 @@ async def read_bootstrap_config(
     single slow reply (a lost WireGuard handshake costs 5 s) must not turn host encryption "off".
     """
     view = ClusterView(node, env_layer, Calculator(node))
-    kvs: Sequence[KeyValue] | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            kvs, _revision = await datastore.list_prefix(layout.FELIX_CONFIGURATIONS)
-            break
-        except MeshcryptError as exc:
-            log.warning(
-                "Reading the FelixConfigurations for the WireGuard bootstrap failed (%s), "
-                "attempt %d of %d",
-                exc,
-                attempt,
-                attempts,
-            )
-            if attempt < attempts:
-                await sleep(backoff(attempt))
+    kvs = await list_with_retries(
+        datastore, layout.FELIX_CONFIGURATIONS, "FelixConfigurations", attempts, sleep
+    )
     if kvs is None:
         log.warning(
             "Cannot read the FelixConfigurations; the WireGuard bootstrap uses the environment only"
@@ -244,23 +232,39 @@ async def read_nodes(
 
     An invalid Node is skipped with one log line naming the key, like everywhere else.
     """
+    kvs = await list_with_retries(datastore, layout.NODES, "Nodes", attempts, sleep)
+    if kvs is None:
+        return None
+    nodes: dict[str, NodeResource] = {}
+    for kv in kvs:
+        try:
+            node = codecs.decode_node(kv.key, kv.value)
+        except codecs.ResourceError as exc:
+            log.warning("Skipping %s", exc)
+            continue
+        nodes[node.name] = node
+    return nodes
+
+
+async def list_with_retries(
+    datastore: Datastore, prefix: str, what: str, attempts: int, sleep: Sleep
+) -> Sequence[KeyValue] | None:
+    """The keys under `prefix`, or None when etcd did not answer `attempts` times (each failed try
+    logged, with back-off between tries)."""
     for attempt in range(1, attempts + 1):
         try:
-            kvs, _revision = await datastore.list_prefix(layout.NODES)
+            kvs, _revision = await datastore.list_prefix(prefix)
+            return kvs
         except MeshcryptError as exc:
-            log.warning("Reading the Nodes for the WireGuard bootstrap failed (%s)", exc)
+            log.warning(
+                "Reading the %s for the WireGuard bootstrap failed (%s), attempt %d of %d",
+                what,
+                exc,
+                attempt,
+                attempts,
+            )
             if attempt < attempts:
                 await sleep(backoff(attempt))
-            continue
-        nodes: dict[str, NodeResource] = {}
-        for kv in kvs:
-            try:
-                node = codecs.decode_node(kv.key, kv.value)
-            except codecs.ResourceError as exc:
-                log.warning("Skipping %s", exc)
-                continue
-            nodes[node.name] = node
-        return nodes
     return None
 
 
