@@ -60,14 +60,19 @@ class PingResult:
         return self.received >= self.wanted
 
 
+def first_pods(state: LabState) -> list[PodRecord]:
+    """Each node's first pod, in the lab's node order (nodes without pods left out)."""
+    return [pods[0] for n in state.nodes if (pods := state.pods_of(n.name))]
+
+
 def plan(state: LabState) -> list[Ping]:
     """Every pod to the first pod of every other node, per family."""
-    first = {n.name: pods[0] for n in state.nodes if (pods := state.pods_of(n.name))}
+    targets = first_pods(state)
     pings = []
     for family in state.config.families:
         for source in state.pods:
-            for node, target in first.items():
-                if node != source.node:
+            for target in targets:
+                if target.node != source.node:
                     pings.append(Ping(source, target, address_of(target, family)))
     return pings
 
@@ -75,12 +80,12 @@ def plan(state: LabState) -> list[Ping]:
 def warm_up_plan(state: LabState) -> list[Ping]:
     """One ping per node pair and family, from the first pod of the pair's first node (in the
     lab's order) to the first pod of the other: one direction only."""
-    first = [(n.name, pods[0]) for n in state.nodes if (pods := state.pods_of(n.name))]
+    first = first_pods(state)
     return [
         Ping(source, target, address_of(target, family))
         for family in state.config.families
-        for i, (_, source) in enumerate(first)
-        for _, target in first[i + 1 :]
+        for i, source in enumerate(first)
+        for target in first[i + 1 :]
     ]
 
 
@@ -91,17 +96,21 @@ def warm_up(state: LabState, deadline: float = DEADLINE) -> list[str]:
     if not pings:
         return []
     results = run(pings, 1, deadline)
-    lines = [
+    return [
         f"first packets one way per node pair (so each first handshake has one initiator): "
-        f"{sum(r.ok for r in results)}/{len(results)} answered"
+        f"{sum(r.ok for r in results)}/{len(results)} answered",
+        *failures(results, "no answer"),
     ]
-    for r in results:
-        if not r.ok:
-            detail = r.error or f"no reply to {r.sent} echo(es)"
-            lines.append(
-                f"  no answer {r.ping.source.name} → {r.ping.target.name} {r.ping.address}: {detail}"
-            )
-    return lines
+
+
+def failures(results: Sequence[PingResult], label: str) -> list[str]:
+    """A line for each ping run that did not get its replies."""
+    return [
+        f"  {label} {r.ping.source.name} → {r.ping.target.name} {r.ping.address}: "
+        f"{r.error or f'{r.received} of {r.wanted} replies ({r.sent} sent)'}"
+        for r in results
+        if not r.ok
+    ]
 
 
 def address_of(pod: PodRecord, family: IPFamily) -> str:
@@ -159,12 +168,7 @@ def matrix(state: LabState, results: Sequence[PingResult], count: int) -> list[s
             else ""
         )
         lines.append(f"{late} of them lost echoes before the first reply{why}")
-    for r in results:
-        if not r.ok:
-            detail = r.error or f"{r.received} of {r.wanted} replies ({r.sent} sent)"
-            lines.append(
-                f"  FAIL {r.ping.source.name} → {r.ping.target.name} {r.ping.address}: {detail}"
-            )
+    lines += failures(results, "FAIL")
     return lines
 
 
