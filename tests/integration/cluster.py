@@ -135,12 +135,14 @@ class AgentNode:
         return [line.split("\t") for line in out.strip().splitlines() if line]
 
     def peers(self, iface: str = IFACE) -> dict[str, dict[str, Any]]:
-        """Public key -> {endpoint, allowed_ips (set), keepalive} from `wg show dump`."""
+        """Public key -> {endpoint, allowed_ips (set), latest_handshake (epoch s, 0 = never),
+        keepalive} from `wg show dump`."""
         rows = self.wg_dump(iface)[1:]
         return {
             r[0]: {
                 "endpoint": r[2],
                 "allowed_ips": set(r[3].split(",")) - {"(none)"},
+                "latest_handshake": int(r[4]),
                 "keepalive": r[7],
             }
             for r in rows

@@ -61,9 +61,8 @@ def keepalive_everywhere(nodes: list[AgentNode], seconds: int) -> bool:
 
 def handshaken(node: AgentNode) -> bool:
     """Every peer of the node's device has completed a handshake."""
-    lines = node.sh("wg", "show", IFACE, "latest-handshakes").split("\n")
-    times = [line.split("\t")[1] for line in lines if "\t" in line]
-    return bool(times) and all(t.strip() not in ("", "0") for t in times)
+    peers = node.peers()
+    return bool(peers) and all(p["latest_handshake"] for p in peers.values())
 
 
 def nft_table(node: AgentNode) -> str:
