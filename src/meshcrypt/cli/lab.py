@@ -77,7 +77,14 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     exec_.set_defaults(run=_run_exec)
 
     ping = sub.add_parser(
-        "ping", parents=[common], help="every pod pings one pod on every other node: a matrix"
+        "ping",
+        parents=[common],
+        help="every pod pings one pod on every other node: a matrix",
+        description=(
+            "First one ping per node pair, one way only, so each pair's first WireGuard handshake "
+            "has a single initiator; then every pod pings the first pod of every other node, all "
+            "at once, and the replies are shown as a matrix per IP family."
+        ),
     )
     ping.add_argument(
         "--count", type=_positive_int, default=3, help="replies each ping needs (default 3)"
