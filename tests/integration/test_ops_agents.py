@@ -43,7 +43,10 @@ def test_doctor_and_status_agree_with_running_agents(tmp_path: Path) -> None:
         def all_pass() -> dict[str, Any] | None:
             found: dict[str, Any] = json.loads(meshcrypt(c, n1, "doctor", "--json", "--node", "n1"))
             failed = [ch for ch in found["checks"] if ch["status"] != "pass"]
-            return found if found["ok"] and not failed else None
+            if found["ok"] and not failed:
+                return found
+            # Raised, not returned, so that a timeout names the checks that never passed.
+            raise AssertionError([(ch["id"], ch["summary"], ch.get("details")) for ch in failed])
 
         report = wait_for("doctor to pass on n1", all_pass, timeout=20)
         mtu = next(ch for ch in report["checks"] if ch["id"] == "mtu")

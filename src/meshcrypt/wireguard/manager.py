@@ -300,8 +300,10 @@ class WireguardManager:
         if owner is None:
             return
         if owner == self.hostname:
-            self._local_ips.discard(cidr.network_address)
-            self._local_cidrs.discard(cidr)
+            if cidr.prefixlen == cidr.max_prefixlen:
+                self._local_ips.discard(cidr.network_address)
+            else:  # a block: the address at its start may still be a local address of its own
+                self._local_cidrs.discard(cidr)
             self._local_updated = True
             return
         update = self._update_for(owner)
@@ -485,7 +487,10 @@ class WireguardManager:
         if self.route_table is None:
             return touched
         for cidr in deleted_cidrs:
-            if cidr not in self._cidr_owner:
+            # Kept when it moved to another node (whose route replaces it below); removed when no
+            # node holds it any more, even if it is still owned: a local address that a local
+            # block now covers is owned by this node but has no route of its own.
+            if not self._cache.holds(self._cidr_owner.get(cidr), cidr):
                 self.route_table.remove_route(cidr)
         for name in touched | (retarget & self._cache.nodes.keys()):
             node = self._cache.nodes[name]

@@ -76,6 +76,11 @@ class NodeCache:
             return ()
         return (found,) if isinstance(found, str) else found
 
+    def holds(self, name: str | None, cidr: CIDR) -> bool:
+        """Node `name` is cached with `cidr` among its CIDRs."""
+        node = self.nodes.get(name) if name is not None else None
+        return node is not None and cidr in node.cidrs
+
     def should_program(self, name: str) -> bool:
         """A node is a WireGuard peer iff it has an endpoint and a key that no other node claims."""
         node = self.nodes.get(name)

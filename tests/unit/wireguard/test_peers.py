@@ -121,6 +121,27 @@ def test_local_host_route_is_throw(two: TwoPeers) -> None:  # 29
     assert h.route_kinds()[h.cidr("192.168.6.0/32")] is THROW
 
 
+def test_local_address_covered_by_a_later_local_block_loses_its_route(two: TwoPeers) -> None:
+    """The tunnel address can arrive before its block (as it does at a node's first start): once
+    the block covers it, only the block's throw route remains; without the block the address's
+    own throw route comes back."""
+    h = two.h
+    tunnel, block = h.cidr("192.168.6.0/32"), h.cidr("192.168.6.0/26")
+    h.manager.route_update("my-host", tunnel)
+    h.manager.apply()
+    assert h.route_kinds()[tunnel] is THROW
+    h.manager.route_update("my-host", block)
+    h.manager.apply()
+    kinds = h.route_kinds()
+    assert tunnel not in kinds
+    assert kinds[block] is THROW
+    h.manager.route_remove(block)
+    h.manager.apply()
+    kinds = h.route_kinds()
+    assert block not in kinds
+    assert kinds[tunnel] is THROW
+
+
 @pytest.mark.parametrize("sequence", ["remove-then-update", "update", "update-remove-update"])
 def test_local_host_route_moves_to_peer(two: TwoPeers, sequence: str) -> None:  # 30, 31, 32
     h = two.h
