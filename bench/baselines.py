@@ -6,6 +6,10 @@
   `ip -batch` the routes.
 
 Both time only the programming: the device exists and is up (`start_device`) before the clock starts.
+
+* `least_python`: `bench.least_python` run inside the node like the agent, timed from its start to
+  its exit — the floor plus what any Python agent must add (interpreter, imports, etcd listing,
+  one `json.loads` per key); `overlap=True` sends the peers while the blocks are read.
 `Peers` is the configuration: one endpoint and one allowed CIDR per peer, each peer's CIDR routed
 through the device in table 1. `uapi` is a raw UAPI exchange, also used to read a device back.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,4 +128,19 @@ def syncconf(sim: SimNode, peers: Peers, workdir: Path) -> float:
     conf.write_text("".join(parts))
     sim.run("wg", "syncconf", IFACE, str(conf))
     _routes(sim, peers)
+    return time.perf_counter() - start
+
+
+def least_python(sim: SimNode, etcd_url: str, *, overlap: bool) -> float:
+    """Seconds from starting `bench.least_python` inside `sim` to its exit."""
+    repo = Path(__file__).resolve().parent.parent
+    cmd = ["env", f"PYTHONPATH={repo}", sys.executable, "-m", "bench.least_python"]
+    cmd += ["--etcd", etcd_url]
+    cmd += ["--socket", socket_path("/run/wireguard", IFACE)]
+    if overlap:
+        cmd.append("--overlap")
+    start = time.perf_counter()
+    proc = sim.popen(*cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+    if proc.wait(timeout=120) != 0:
+        raise RuntimeError(f"bench.least_python exited with {proc.returncode}")
     return time.perf_counter() - start

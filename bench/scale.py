@@ -56,7 +56,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.baselines import IFACE, PORT, TABLE, floor, start_device, syncconf, uapi
+from bench.baselines import (
+    IFACE,
+    PORT,
+    TABLE,
+    floor,
+    least_python,
+    start_device,
+    syncconf,
+    uapi,
+)
 from bench.labrun import machine, sigterm_unwinds
 from bench.probe import PRELOAD_ENV, PROBE_ENV, PROFILE_ENV
 from bench.procstat import cpu_seconds, memory_mb
@@ -291,6 +300,8 @@ class Resync:
     syncconf_s: float = 0.0
     floor_runs: list[float] = field(default_factory=list)
     syncconf_runs: list[float] = field(default_factory=list)
+    least_s: float = 0.0  # bench.least_python: start -> programmed, in sequence
+    least_overlap_s: float = 0.0  # the same, peers sent while the blocks are read
     settle_s: float = 0.0
     delta: Delta | None = None
     steady: Steady | None = None
@@ -352,12 +363,15 @@ class Results:
 # ---- the measurements ----------------------------------------------------------------------------
 
 
-def baselines(c: Cluster, world: World, rounds: int, tmp: Path) -> tuple[list[float], list[float]]:
-    """(floor, syncconf) seconds of each round; each run on a fresh node, checked afterwards."""
+def baselines(c: Cluster, world: World, rounds: int, tmp: Path) -> dict[str, list[float]]:
+    """Seconds of each round of every baseline (floor, syncconf, least, least_overlap); each run
+    on a fresh node, checked afterwards."""
     peers = world.peers()
     variants: dict[str, Callable[[SimNode], float]] = {
         "floor": lambda sim: floor(sim, peers),
         "syncconf": lambda sim: syncconf(sim, peers, tmp),
+        "least": lambda sim: least_python(sim, c.etcd_url, overlap=False),
+        "least_overlap": lambda sim: least_python(sim, c.etcd_url, overlap=True),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
@@ -371,7 +385,7 @@ def baselines(c: Cluster, world: World, rounds: int, tmp: Path) -> tuple[list[fl
                     raise RuntimeError(f"{name}: {found} peers/routes, not {world.n}")
             finally:
                 node.sim.destroy()
-    return times["floor"], times["syncconf"]
+    return times
 
 
 def resync(
@@ -466,12 +480,14 @@ def run_size(n: int, args: argparse.Namespace, results: Results) -> None:
         log(f"N={n}: cluster on {c.bridge}; writing {n} nodes and blocks to etcd")
         world.load(c.etcd)
         log(f"N={n}: baselines ({args.rounds} rounds)")
-        floors, syncs = baselines(c, world, args.rounds, tmp)
+        base = baselines(c, world, args.rounds, tmp)
         for number in range(1, args.rounds + 1):
             last = number == args.rounds
             r = agent_round(c, world, args, tmp, f"agent{number}", last)
-            r.floor_s, r.floor_runs = statistics.median(floors), floors
-            r.syncconf_s, r.syncconf_runs = statistics.median(syncs), syncs
+            r.floor_s, r.floor_runs = statistics.median(base["floor"]), base["floor"]
+            r.syncconf_s, r.syncconf_runs = statistics.median(base["syncconf"]), base["syncconf"]
+            r.least_s = statistics.median(base["least"])
+            r.least_overlap_s = statistics.median(base["least_overlap"])
             results.resync.append(r)
             if not last:
                 forget_agent(c, f"agent{number}")
@@ -617,6 +633,10 @@ def report(results: Results, args: argparse.Namespace) -> str:
             _row("baseline (b) floor: UAPI set + ip -batch", [ms(r.floor_s) for r in rs]),
             _row("agent / floor (target <= 1.5)", [f"{r.agent_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent apply / floor", [f"{r.programming_s / r.floor_s:.1f}x" for r in rs]),
+            _row("least Python agent, in sequence", [ms(r.least_s) for r in rs]),
+            _row("  / floor", [f"{r.least_s / r.floor_s:.1f}x" for r in rs]),
+            _row("least Python agent, overlapped", [ms(r.least_overlap_s) for r in rs]),
+            _row("  / floor", [f"{r.least_overlap_s / r.floor_s:.1f}x" for r in rs]),
             _row("agent RSS when programmed", [f"{r.rss_programmed_mb:.0f} MB" for r in rs]),
             _row("agent RSS once idle", [f"{r.rss_settled_mb:.0f} MB" for r in rs]),
             _row(
