@@ -22,7 +22,7 @@ from typing import TypeAlias
 
 from meshcrypt.model.dataplane import InterfaceAddress, Link, Route, RouteKind, Rule
 from meshcrypt.model.errors import KernelError
-from meshcrypt.model.net import CIDR, IPAddress, IPFamily
+from meshcrypt.model.net import CIDR, IPAddress, IPFamily, cidr_from_int
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -459,10 +459,8 @@ class CidrCache:
         key = (raw, prefixlen)
         cidr = self._known.get(key)
         if cidr is None:
-            if len(raw) == 4:
-                cidr = ipaddress.IPv4Network((int.from_bytes(raw, "big"), prefixlen))
-            else:
-                cidr = ipaddress.IPv6Network((int.from_bytes(raw, "big"), prefixlen))
+            family = IPFamily.V4 if len(raw) == 4 else IPFamily.V6
+            cidr = cidr_from_int(int.from_bytes(raw, "big"), prefixlen, family)
             self._store(key, cidr)
         return cidr
 

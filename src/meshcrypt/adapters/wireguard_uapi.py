@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from meshcrypt.model.dataplane import Device, DeviceConfig, Endpoint, Peer
 from meshcrypt.model.errors import KernelError, NotFound, kernel_error
 from meshcrypt.model.keys import Key, PrivateKey
-from meshcrypt.model.net import CIDR, IPAddress
+from meshcrypt.model.net import CIDR, IPAddress, network
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,7 @@ def parse_cidr_text(text: str) -> CIDR:
     if not sep:
         raise ValueError(f"allowed IP without prefix length: {text!r}")
     ip = _parse_ip(addr)
-    if isinstance(ip, ipaddress.IPv4Address):
-        return ipaddress.IPv4Network((ip, int(plen)), strict=False)
-    return ipaddress.IPv6Network((ip, int(plen)), strict=False)
+    return network((ip, int(plen)), strict=False)
 
 
 @functools.lru_cache(maxsize=1 << 16)

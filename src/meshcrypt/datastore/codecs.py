@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
@@ -27,7 +26,16 @@ from meshcrypt.datastore import layout
 from meshcrypt.datastore.layout import ResourceKind
 from meshcrypt.model.errors import PermanentError
 from meshcrypt.model.keys import Key, KeyFormatError
-from meshcrypt.model.net import CIDR, IPAddress, IPFamily, is_host_cidr, parse_ip_or_cidr_address
+from meshcrypt.model.net import (
+    CIDR,
+    IPAddress,
+    IPFamily,
+    fast_ipv4,
+    is_host_cidr,
+    parse_cidr,
+    parse_cidr_loose,
+    parse_ip_or_cidr_address,
+)
 from meshcrypt.model.resources import (
     IPAMBlockResource,
     IPInterface,
@@ -186,40 +194,16 @@ def _of_family(fields: _Fields, name: str, value: object, cls: type[_T], family:
 
 # ---- Node ----------------------------------------------------------------------------------------
 
-#: An IPv4 address as `ipaddress` prints it, optionally with a decimal prefix length.
-_IPV4_TEXT = re.compile(
-    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
-    r"(?:/([0-9]{1,2}))?"
-)
-
-
-def _fast_ipv4(text: str) -> tuple[int, int | None] | None:
-    """(address, prefix length or None) of plain dotted-decimal IPv4 text, else None.
-
-    The common case, decoded from integers: `ipaddress`'s text parser costs several times as much
-    and runs for every Node of the cluster. Anything else (IPv6, netmasks, bad text) returns None
-    and goes through `ipaddress`, which gives the same value or the error message.
-    """
-    match = _IPV4_TEXT.fullmatch(text)
-    if match is None:
-        return None
-    a, b, c, d, prefix = match.groups()
-    octets = int(a), int(b), int(c), int(d)
-    prefixlen = None if prefix is None else int(prefix)
-    if max(octets) > 255 or (prefixlen is not None and prefixlen > 32):
-        return None
-    return (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3], prefixlen
-
 
 def _ip_interface(text: str) -> IPInterface:
-    fast = _fast_ipv4(text)
+    fast = fast_ipv4(text)
     if fast is not None and fast[1] is not None:
         return IPv4Interface(fast)
     return ipaddress.ip_interface(text)
 
 
 def _ip_address(text: str) -> IPAddress:
-    fast = _fast_ipv4(text)
+    fast = fast_ipv4(text)
     if fast is not None and fast[1] is None:
         return IPv4Address(fast[0])
     return ipaddress.ip_address(text)
@@ -329,7 +313,7 @@ def decode_ip_pool(key: str, value: bytes) -> IPPoolResource:
         raise spec.error("cidr", "missing")
     try:
         # Go's ParseCIDR (which Calico uses) masks host bits; so do we.
-        cidr = ipaddress.ip_network(text.strip(), strict=False)
+        cidr = parse_cidr_loose(text)
     except ValueError as exc:
         raise spec.error("cidr", f"bad CIDR: {exc}") from exc
     family = IPFamily.of(cidr)
@@ -362,7 +346,7 @@ def decode_ip_pool(key: str, value: bytes) -> IPPoolResource:
 
 def _cidr(fields: _Fields, name: str, text: str) -> CIDR:
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        return parse_cidr(text)
     except ValueError as exc:
         raise fields.error(name, f"bad CIDR: {exc}") from exc
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import enum
 import functools
-import ipaddress
 import re
 from typing import NamedTuple
 
-from meshcrypt.model.net import CIDR, IPFamily
+from meshcrypt.model.net import CIDR, IPFamily, cidr_from_int, parse_cidr
 
 ROOT = "/calico/"
 RESOURCES = "/calico/resources/v3/projectcalico.org/"
@@ -179,7 +178,7 @@ def _parse_block_name(family_segment: str, name: str) -> CIDR | None:
     if family_segment != "ipv6":
         return None
     try:
-        cidr = ipaddress.ip_network(name.replace("-", "/", 1), strict=True)
+        cidr = parse_cidr(name.replace("-", "/", 1))
     except ValueError:
         return None
     if cidr.version != 6 or block_name(cidr) != name:
@@ -198,7 +197,7 @@ def _parse_ipv4_block_name(name: str) -> CIDR | None:
     if max(a, b, c, d) > 255 or prefixlen > 32:
         return None
     try:
-        return ipaddress.IPv4Network(((a << 24) | (b << 16) | (c << 8) | d, prefixlen))
+        return cidr_from_int((a << 24) | (b << 16) | (c << 8) | d, prefixlen, IPFamily.V4)
     except ValueError:
         return None  # host bits set
 

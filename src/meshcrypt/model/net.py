@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 import socket
 from typing import NewType, TypeAlias
 
@@ -42,14 +43,127 @@ class IPFamily(enum.IntEnum):
         return cls(value.version)
 
 
+class _Memoised:
+    """Makes an `ipaddress` network compute its hash and its text once.
+
+    `ipaddress` recomputes both at every use, and a CIDR of a 10,000-node cluster is hashed some
+    twenty times and formatted twice on its way from etcd to the kernel. The networks stay equal
+    to, and hash like, plain ones; networks derived from them (`supernet()`, `subnets()`) are of
+    the memoised types too.
+    """
+
+    __slots__ = ("_hash", "_text")
+    _plain: str  # the class name `repr` shows
+
+    def __init__(self, address: object, strict: bool = True) -> None:
+        self._text: str | None = ""  # "": not built yet (the base class formats its errors)
+        super().__init__(address, strict)  # type: ignore[call-arg]
+        self._hash: int = super().__hash__()
+        self._text = None
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._text = super().__str__()
+            _remember(text, self)  # type: ignore[arg-type]
+        return text or super().__str__()
+
+    def __repr__(self) -> str:
+        return f"{self._plain}({str(self)!r})"
+
+
+class _Network4(_Memoised, ipaddress.IPv4Network):
+    __slots__ = ()
+    _plain = "IPv4Network"
+
+
+class _Network6(_Memoised, ipaddress.IPv6Network):
+    __slots__ = ()
+    _plain = "IPv6Network"
+
+
+# Text → CIDR of the networks parsed or formatted lately: the calculation formats a CIDR into a
+# message and the dispatch parses it back; both see the same object. Bounded: starts afresh.
+_PARSED: dict[str, CIDR] = {}
+_PARSED_LIMIT = 1 << 16
+
+
+def _remember(text: str, cidr: CIDR) -> None:
+    if len(_PARSED) >= _PARSED_LIMIT:
+        _PARSED.clear()
+    _PARSED[text] = cidr
+
+
+def cidr_from_int(value: int, prefixlen: int, family: IPFamily) -> CIDR:
+    """The network `value`/`prefixlen`; ValueError if host bits are set."""
+    if family is IPFamily.V4:
+        return _Network4((value, prefixlen))
+    return _Network6((value, prefixlen))
+
+
 def parse_cidr(text: str) -> CIDR:
     """Parse a CIDR; host bits must be zero except for host-length prefixes of a bare IP."""
-    return ipaddress.ip_network(text.strip(), strict=True)
+    found = _PARSED.get(text)
+    if found is not None:
+        return found
+    stripped = text.strip()
+    try:
+        cidr: CIDR = _Network6(stripped) if ":" in stripped else _Network4(stripped)
+    except ValueError:
+        ipaddress.ip_network(stripped, strict=True)  # raises the usual, clearer error
+        raise
+    _remember(text, cidr)
+    return cidr
+
+
+def network(address: object, *, strict: bool = True) -> CIDR:
+    """`ipaddress.ip_network` giving this module's networks (text, integer/tuple, address)."""
+    if isinstance(address, str):
+        return parse_cidr(address) if strict else parse_cidr_loose(address)
+    plain = ipaddress.ip_network(address, strict=strict)  # type: ignore[arg-type]
+    return cidr_from_int(int(plain.network_address), plain.prefixlen, IPFamily(plain.version))
+
+
+def parse_cidr_loose(text: str) -> CIDR:
+    """Parse a CIDR the way Go's ParseCIDR does: host bits are masked."""
+    plain = ipaddress.ip_network(text.strip(), strict=False)
+    return cidr_from_int(int(plain.network_address), plain.prefixlen, IPFamily(plain.version))
+
+
+#: An IPv4 address as `ipaddress` prints it, optionally with a decimal prefix length.
+_IPV4_TEXT = re.compile(
+    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
+    r"(?:/([0-9]{1,2}))?"
+)
+
+
+def fast_ipv4(text: str) -> tuple[int, int | None] | None:
+    """(address, prefix length or None) of plain dotted-decimal IPv4 text, else None.
+
+    The common case, decoded from integers: `ipaddress`'s text parser costs several times as much
+    and runs for every Node of the cluster. Anything else (IPv6, netmasks, bad text) returns None
+    and goes through `ipaddress`, which gives the same value or the error message.
+    """
+    match = _IPV4_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    a, b, c, d, prefix = match.groups()
+    octets = int(a), int(b), int(c), int(d)
+    prefixlen = None if prefix is None else int(prefix)
+    if max(octets) > 255 or (prefixlen is not None and prefixlen > 32):
+        return None
+    return (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3], prefixlen
 
 
 def parse_ip_or_cidr_address(text: str) -> IPAddress:
     """Parse "10.0.0.2" or "10.0.0.2/24" into the address (the mask is dropped)."""
     text = text.strip()
+    fast = fast_ipv4(text)
+    if fast is not None:
+        return ipaddress.IPv4Address(fast[0])
     if "/" in text:
         return ipaddress.ip_interface(text).ip
     return ipaddress.ip_address(text)
@@ -57,7 +171,8 @@ def parse_ip_or_cidr_address(text: str) -> IPAddress:
 
 def host_cidr(addr: IPAddress) -> CIDR:
     """The /32 or /128 network of one address."""
-    return ipaddress.ip_network(addr)
+    family = IPFamily(addr.version)
+    return cidr_from_int(int(addr), family.host_prefixlen, family)
 
 
 def is_host_cidr(cidr: CIDR) -> bool:

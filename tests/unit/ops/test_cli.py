@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from meshcrypt.cli.main import build_parser, main
+from meshcrypt.cli.main import build_parser, main, named_command
 from meshcrypt.cli.status import endpoints, node_name
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1
@@ -16,6 +18,26 @@ def test_commands_are_registered() -> None:
     help_text = build_parser().format_help()
     for command in ("status", "doctor", "config", "node"):
         assert command in help_text
+
+
+def test_only_the_named_command_is_loaded() -> None:
+    assert named_command(["--log-level", "DEBUG", "agent", "--help"]) == "agent"
+    assert named_command(["lab", "exec", "node1", "meshcrypt", "status"]) == "lab"
+    assert named_command(["--version"]) is None
+    # `meshcrypt agent` starts without the operator commands' modules (and their imports).
+    probe = (
+        "import sys, meshcrypt.cli.main as m; m.build_parser(m.named_command(['agent']));"
+        "print(sorted(n for n in sys.modules if n.startswith(('meshcrypt.cli.', 'meshcrypt.ops',"
+        " 'meshcrypt.lab'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert "meshcrypt.cli.agent" in loaded
+    for other in ("meshcrypt.cli.status", "meshcrypt.cli.lab", "meshcrypt.ops", "meshcrypt.lab"):
+        assert f"'{other}" not in loaded, loaded
+    help_text = build_parser("agent").format_help()
+    assert "agent" in help_text and "doctor" not in help_text
 
 
 def test_defaults_come_from_the_environment() -> None:
