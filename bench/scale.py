@@ -5,7 +5,8 @@ etcd serving on it, simulated nodes with `eth0` in the bridge): N remote nodes a
 (`bench.world`), then, each on its own fresh node:
 
 * baselines, `--rounds` times (median): (a) `wg syncconf` + `ip -batch`, (b) the floor, one UAPI
-  set + `ip -batch` (`bench.baselines`); each times the programming alone;
+  set + `ip -batch` (`bench.baselines`); each times the programming alone; and the least Python
+  agent (`bench.least_python`, in sequence and overlapped), timed from its start like the agent;
 * the agent, `--rounds` times (median), `python -m meshcrypt agent` (userspace backend) started
   through `bench.probe`, which reports the end of every dataplane apply; after each run but the
   last, its node and what it wrote to etcd are removed. **Full resync** = agent start → the end of
