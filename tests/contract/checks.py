@@ -229,6 +229,33 @@ def check_link_down_and_delete_drop_device_routes(env: ContractEnv, family: IPFa
         _clear_table(env, family)
 
 
+def check_route_delete_matches_kind_and_interface(env: ContractEnv, family: IPFamily) -> None:
+    """What a delete takes when the table holds someone else's route to the same destination.
+
+    A device-route delete names its interface and takes only a route through it. A throw-route
+    delete names no interface: IPv4 matches the route type, so a unicast route survives; IPv6
+    ignores the type and takes whatever route the destination has (kernel semantics, both)."""
+    nl = env.netlink
+    dst = _net(family, "10.237.0.0/24", "fd00:237::/64")
+    with _link(env, "ct-del-a", up=True) as a, _link(env, "ct-del-b", up=True) as b:
+        theirs = _device_route(env, dst, a)
+        try:
+            nl.routes_replace([theirs])
+            nl.routes_delete([_device_route(env, dst, b)])
+            assert nl.routes(env.table, family) == [theirs]
+            nl.routes_delete([_throw_route(env, dst)])
+            left = [theirs] if family is IPFamily.V4 else []
+            assert nl.routes(env.table, family) == left
+            throw = _throw_route(env, dst)
+            nl.routes_replace([throw])
+            nl.routes_delete([_device_route(env, dst, a)])
+            assert nl.routes(env.table, family) == [throw]
+            nl.routes_delete([throw])
+            assert nl.routes(env.table, family) == []
+        finally:
+            _clear_table(env, family)
+
+
 def check_ipv6_metric_zero_is_stored_as_1024(env: ContractEnv) -> None:
     nl = env.netlink
     dst = ipaddress.ip_network("fd00:236::/64")
@@ -382,6 +409,7 @@ FAMILY_CHECKS: tuple[Callable[[ContractEnv, IPFamily], None], ...] = (
     check_routes_roundtrip,
     check_device_route_needs_an_up_link,
     check_link_down_and_delete_drop_device_routes,
+    check_route_delete_matches_kind_and_interface,
     check_default_rules,
     check_rules,
     check_wireguard_peers,

@@ -526,11 +526,25 @@ class FakeKernel:
         self._bump("route_add" if old is None else "route_update")
 
     def _find_route_key(self, route: Route) -> RouteKey | None:
-        if route.key in self._routes or route.metric != 0:
-            return route.key if route.key in self._routes else None
-        # Metric 0 on delete matches any metric (the lowest first), in both families.
-        same_dst = [k for k in self._routes if k.table == route.table and k.dst == route.dst]
-        return min(same_dst, key=lambda k: k.metric, default=None)
+        """The route a delete of `route` takes, as the kernel matches it: table and destination;
+        the metric unless 0 (then any, the lowest first); for a device route its interface; for a
+        throw route in IPv4 the type (IPv6 ignores the type, and a throw route names no interface).
+        """
+        found = [
+            k
+            for k, r in self._routes.items()
+            if k.table == route.table
+            and k.dst == route.dst
+            and route.metric in (0, k.metric)
+            and _delete_matches(route, r)
+        ]
+        return min(found, key=lambda k: k.metric, default=None)
+
+
+def _delete_matches(wanted: Route, present: Route) -> bool:
+    if wanted.kind is RouteKind.DEVICE:
+        return present.kind is RouteKind.DEVICE and present.ifindex == wanted.ifindex
+    return wanted.family is IPFamily.V6 or present.kind is RouteKind.THROW
 
 
 def _check_ifname(name: str) -> None:
