@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from meshcrypt.model.dataplane import Device, DeviceConfig, Endpoint, Peer
 from meshcrypt.model.errors import KernelError, NotFound, kernel_error
 from meshcrypt.model.keys import Key, PrivateKey
-from meshcrypt.model.net import CIDR, IPAddress, network
+from meshcrypt.model.net import CIDR, IPAddress, IPFamily, cidr_from_int
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def parse_cidr_text(text: str) -> CIDR:
     if not sep:
         raise ValueError(f"allowed IP without prefix length: {text!r}")
     ip = _parse_ip(addr)
-    return network((ip, int(plen)), strict=False)
+    return cidr_from_int(int(ip), int(plen), IPFamily(ip.version), strict=False)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -97,11 +97,11 @@ def _remember(text: str, cidr: CIDR) -> None:
     _PARSED[text] = cidr
 
 
-def cidr_from_int(value: int, prefixlen: int, family: IPFamily) -> CIDR:
-    """The network `value`/`prefixlen`; ValueError if host bits are set."""
+def cidr_from_int(value: int, prefixlen: int, family: IPFamily, *, strict: bool = True) -> CIDR:
+    """The network `value`/`prefixlen`; host bits set are a ValueError, or masked if not `strict`."""
     if family is IPFamily.V4:
-        return _Network4((value, prefixlen))
-    return _Network6((value, prefixlen))
+        return _Network4((value, prefixlen), strict)
+    return _Network6((value, prefixlen), strict)
 
 
 def parse_cidr(text: str) -> CIDR:
@@ -109,28 +109,23 @@ def parse_cidr(text: str) -> CIDR:
     found = _PARSED.get(text)
     if found is not None:
         return found
-    stripped = text.strip()
-    try:
-        cidr: CIDR = _Network6(stripped) if ":" in stripped else _Network4(stripped)
-    except ValueError:
-        ipaddress.ip_network(stripped, strict=True)  # raises the usual, clearer error
-        raise
+    cidr = _parse(text, strict=True)
     _remember(text, cidr)
     return cidr
 
 
-def network(address: object, *, strict: bool = True) -> CIDR:
-    """`ipaddress.ip_network` giving this module's networks (text, integer/tuple, address)."""
-    if isinstance(address, str):
-        return parse_cidr(address) if strict else parse_cidr_loose(address)
-    plain = ipaddress.ip_network(address, strict=strict)  # type: ignore[arg-type]
-    return cidr_from_int(int(plain.network_address), plain.prefixlen, IPFamily(plain.version))
-
-
 def parse_cidr_loose(text: str) -> CIDR:
     """Parse a CIDR the way Go's ParseCIDR does: host bits are masked."""
-    plain = ipaddress.ip_network(text.strip(), strict=False)
-    return cidr_from_int(int(plain.network_address), plain.prefixlen, IPFamily(plain.version))
+    return _parse(text, strict=False)
+
+
+def _parse(text: str, *, strict: bool) -> CIDR:
+    stripped = text.strip()
+    try:
+        return _Network6(stripped, strict) if ":" in stripped else _Network4(stripped, strict)
+    except ValueError:
+        ipaddress.ip_network(stripped, strict=strict)  # raises the usual, clearer error
+        raise
 
 
 #: An IPv4 address as `ipaddress` prints it, optionally with a decimal prefix length.
